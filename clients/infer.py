@@ -1,0 +1,198 @@
+"""Send numpy batches to a Triton model and get numpy outputs back (HTTP or gRPC).
+
+A thin layer over ``tritonclient`` that knows the model's signature, splits large inputs
+into batches the model accepts, checks that every output came back with the request's
+batch size (an empty tensor is what the Python backend returns when its interpreter has
+numpy >= 2), retries idempotent inference on transient errors, and turns server errors
+into :class:`ServerError` naming the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal, Mapping, Sequence
+
+import numpy as np
+
+from builder.errors import ServerError
+
+TRANSIENT = ("UNAVAILABLE", "Connection refused", "Broken pipe", "Stub process", "not ready",
+             "connection reset", "Socket closed")
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str
+    datatype: str  # Triton short name, e.g. "FP32"
+    shape: tuple[int, ...]  # with the batch dimension (-1) when the model batches
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    name: str
+    inputs: tuple[TensorMeta, ...]
+    outputs: tuple[TensorMeta, ...]
+    max_batch_size: int
+
+
+class TritonClient:
+    """``with TritonClient("127.0.0.1:8001") as c: c.infer("digits", x)``."""
+
+    def __init__(self, url: str, protocol: Literal["grpc", "http"] = "grpc", timeout: float = 60.0,
+                 retries: int = 0, backoff: float = 0.2):
+        self.url = url
+        self.protocol = protocol
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        if protocol == "grpc":
+            import tritonclient.grpc as module
+            self._client = module.InferenceServerClient(url)
+        elif protocol == "http":
+            import tritonclient.http as module
+            self._client = module.InferenceServerClient(
+                url, connection_timeout=timeout, network_timeout=timeout
+            )
+        else:
+            raise ValueError(f"protocol must be 'grpc' or 'http', not {protocol!r}")
+        self._module = module
+        self._meta: dict[str, ModelMeta] = {}
+
+    def __enter__(self) -> TritonClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ------------------------------------------------------------------ server state
+    def is_ready(self, model: str | None = None) -> bool:
+        try:
+            return self._client.is_model_ready(model) if model else self._client.is_server_ready()
+        except Exception:
+            return False
+
+    def wait_ready(self, models: Sequence[str] = (), timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(models) or [None]
+        while pending and time.monotonic() < deadline:
+            pending = [m for m in pending if not self.is_ready(m)]
+            if pending:
+                time.sleep(0.2)
+        if pending:
+            what = ", ".join(m or "server" for m in pending)
+            raise ServerError(f"not ready after {timeout:.0f}s at {self.url}: {what}")
+
+    def models(self) -> dict[str, str]:
+        """``{model name: state}`` from the repository index."""
+        index = self._client.get_model_repository_index(**self._json_kw())
+        entries = index if isinstance(index, list) else index.get("models", [])
+        return {e["name"]: e.get("state", "") for e in entries}
+
+    def metadata(self, model: str) -> ModelMeta:
+        if model not in self._meta:
+            try:
+                meta = self._client.get_model_metadata(model, **self._json_kw())
+                config = self._client.get_model_config(model, **self._json_kw())
+            except self._module.InferenceServerException as exc:
+                raise ServerError(f"model '{model}' at {self.url}: {exc.message()}") from None
+            config = config.get("config", config)
+
+            def tensors(items) -> tuple[TensorMeta, ...]:
+                return tuple(TensorMeta(t["name"], t["datatype"], tuple(int(d) for d in t["shape"])) for t in items)
+
+            self._meta[model] = ModelMeta(
+                model, tensors(meta["inputs"]), tensors(meta["outputs"]), int(config.get("max_batch_size", 0))
+            )
+        return self._meta[model]
+
+    def statistics(self, model: str = "") -> list[dict]:
+        stats = self._client.get_inference_statistics(model, **self._json_kw())
+        return stats.get("model_stats", [])
+
+    # ------------------------------------------------------------------ inference
+    def infer(self, model: str, inputs: np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray],
+              outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One request; ``inputs`` by name, or positionally in the model's input order."""
+        meta = self.metadata(model)
+        named = self._name_inputs(meta, inputs)
+        wanted = list(outputs) if outputs else [t.name for t in meta.outputs]
+        request = []
+        for name, array in named.items():
+            array = np.ascontiguousarray(array)
+            tensor = self._module.InferInput(name, list(array.shape), _triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            request.append(tensor)
+        requested = [self._module.InferRequestedOutput(n) for n in wanted]
+
+        attempt = 0
+        while True:
+            try:
+                result = self._client.infer(model, request, outputs=requested, **self._timeout_kw())
+                break
+            except self._module.InferenceServerException as exc:
+                message = exc.message() or str(exc)
+                if attempt < self.retries and any(t.lower() in message.lower() for t in TRANSIENT):
+                    time.sleep(self.backoff * 2 ** attempt)
+                    attempt += 1
+                    continue
+                raise ServerError(f"model '{model}' at {self.url}: {message}") from None
+
+        batch = len(next(iter(named.values()))) if meta.max_batch_size > 0 else None
+        out = {}
+        for name in wanted:
+            array = result.as_numpy(name)
+            if array is None or (batch and (array.ndim == 0 or array.shape[0] != batch)):
+                got = "nothing" if array is None else f"shape {list(array.shape)}"
+                raise ServerError(
+                    f"model '{model}' returned {got} for output '{name}' on a batch of {batch}; "
+                    "if it is a Python-backend model, the server's Python must have numpy < 2"
+                )
+            out[name] = array
+        return out
+
+    def infer_batched(self, model: str, inputs: np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray],
+                      batch_size: int | None = None, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Split ``inputs`` into batches of at most ``batch_size`` (default: max batch)."""
+        meta = self.metadata(model)
+        named = self._name_inputs(meta, inputs)
+        n = len(next(iter(named.values())))
+        size = batch_size or meta.max_batch_size or n
+        if meta.max_batch_size and size > meta.max_batch_size:
+            raise ServerError(f"batch_size {size} exceeds model '{model}' max_batch_size {meta.max_batch_size}")
+        parts = [self.infer(model, {k: v[s:s + size] for k, v in named.items()}, outputs) for s in range(0, n, size)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    # ------------------------------------------------------------------ helpers
+    def _name_inputs(self, meta: ModelMeta, inputs) -> dict[str, np.ndarray]:
+        names = [t.name for t in meta.inputs]
+        if isinstance(inputs, Mapping):
+            unknown = sorted(set(inputs) - set(names))
+            missing = sorted(set(names) - set(inputs))
+            if unknown or missing:
+                raise ServerError(
+                    f"model '{meta.name}' takes inputs {names}; got unknown {unknown}, missing {missing}"
+                )
+            return {n: np.asarray(inputs[n]) for n in names}
+        arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
+        if len(arrays) != len(names):
+            raise ServerError(f"model '{meta.name}' takes {len(names)} inputs ({names}), got {len(arrays)}")
+        return {n: np.asarray(a) for n, a in zip(names, arrays)}
+
+    def _json_kw(self) -> dict:
+        return {"as_json": True} if self.protocol == "grpc" else {}
+
+    def _timeout_kw(self) -> dict:
+        return {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+
+
+def _triton_dtype(dtype: np.dtype) -> str:
+    from tritonclient.utils import np_to_triton_dtype
+
+    name = np_to_triton_dtype(np.dtype(dtype))
+    if name is None:
+        raise ServerError(f"numpy dtype {dtype} has no Triton equivalent")
+    return name

@@ -1,0 +1,271 @@
+"""Run the ``tritonserver`` bundled in nvidia-pytriton as a local subprocess.
+
+After PyTriton's ``TritonServer``: the server gets a private backend folder (the Python
+backend plus the stub built for *this* interpreter, so site-packages is never modified),
+binds 127.0.0.1 on free ports unless told otherwise, writes its log to a file, and the
+Python stub runs this interpreter (its ``bin`` goes first on ``PATH``), so models import
+the same numpy/onnxruntime as the caller. Use it as a context manager::
+
+    with TritonServer("model_repository") as server:
+        client = server.client("grpc")
+
+``start`` waits for readiness and fails with the log tail if the server exits or a model
+does not load; ``stop`` sends SIGINT, waits, then kills the whole process group.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from builder.errors import MissingDependencyError, ServerError
+
+INSTALL_HINT = "install it with: pip install nvidia-pytriton (Linux x86_64/aarch64, glibc >= 2.35)"
+
+
+@dataclass(frozen=True)
+class TritonDistribution:
+    """Paths of the tritonserver shipped inside the nvidia-pytriton wheel."""
+
+    binary: Path
+    backends: Path
+    stubs: Path
+    libs: Path
+
+    @classmethod
+    def locate(cls) -> TritonDistribution:
+        try:
+            import pytriton  # noqa: F401
+            from pytriton.utils.distribution import get_libs_path, get_root_module_path
+        except ImportError:
+            raise MissingDependencyError(f"the local Triton server needs nvidia-pytriton; {INSTALL_HINT}") from None
+        root = get_root_module_path() / "tritonserver"
+        dist = cls(root / "bin" / "tritonserver", root / "backends", root / "python_backend_stubs", get_libs_path())
+        if not dist.binary.is_file():
+            raise MissingDependencyError(f"tritonserver binary not found at {dist.binary}; {INSTALL_HINT}")
+        return dist
+
+    def stub_for(self, version: str) -> Path:
+        stub = self.stubs / version / "triton_python_backend_stub"
+        if not stub.is_file():
+            available = sorted(p.name for p in self.stubs.iterdir()) if self.stubs.is_dir() else []
+            raise MissingDependencyError(
+                f"nvidia-pytriton has no Python backend stub for Python {version} "
+                f"(has: {', '.join(available)}); use one of those Python versions"
+            )
+        return stub
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+@dataclass
+class ServerConfig:
+    repository: Path
+    host: str = "127.0.0.1"
+    http_port: int = 0      # 0: pick a free port
+    grpc_port: int = 0
+    metrics_port: int = 0
+    model_control_mode: Literal["none", "poll", "explicit"] = "none"
+    repository_poll_secs: int = 2
+    log_verbose: int = 0
+    extra_args: list[str] = field(default_factory=list)
+
+    def to_args(self) -> list[str]:
+        args = [
+            f"--model-repository={self.repository}",
+            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+            f"--model-control-mode={self.model_control_mode}",
+            f"--log-verbose={self.log_verbose}",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+        ]
+        if self.model_control_mode == "poll":
+            args.append(f"--repository-poll-secs={self.repository_poll_secs}")
+        if self.model_control_mode == "explicit":
+            args.append("--load-model=*")
+        return args + list(self.extra_args)
+
+
+class TritonServer:
+    """A local tritonserver subprocess that owns its ports, log and backend folder."""
+
+    def __init__(self, repository: str | Path, *, host: str = "127.0.0.1", http_port: int = 0,
+                 grpc_port: int = 0, metrics_port: int = 0, log_path: str | Path | None = None,
+                 model_control_mode: Literal["none", "poll", "explicit"] = "none",
+                 startup_timeout: float = 180.0, extra_args: list[str] | None = None):
+        repository = Path(repository).resolve()
+        if not repository.is_dir():
+            raise ServerError(f"model repository not found: {repository}; build one with 'tritonfleet build SPEC'")
+        self.config = ServerConfig(
+            repository, host, http_port, grpc_port, metrics_port, model_control_mode,
+            extra_args=list(extra_args or []),
+        )
+        self.log_path = Path(log_path) if log_path else None
+        self.startup_timeout = startup_timeout
+        self._process: subprocess.Popen | None = None
+        self._workdir: Path | None = None
+        self._log_file = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> TritonServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self.is_alive():
+            raise ServerError(f"tritonserver already running (pid {self._process.pid})")
+        dist = TritonDistribution.locate()
+        cfg = self.config
+        for attr in ("http_port", "grpc_port", "metrics_port"):
+            port = getattr(cfg, attr)
+            if port == 0:
+                setattr(cfg, attr, free_port(cfg.host))
+            elif _port_taken(cfg.host, port):
+                raise ServerError(
+                    f"port {port} on {cfg.host} ({attr.replace('_', ' ')}) is already in use; "
+                    "stop what holds it or pass another port (0 picks a free one)"
+                )
+        self._workdir = Path(tempfile.mkdtemp(prefix="tritonfleet-server-"))
+        backends = self._prepare_backends(dist)
+        if self.log_path is None:  # kept after stop() so failures can be inspected
+            fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "wb")
+        cmd = [str(dist.binary), *cfg.to_args(), f"--backend-directory={backends}"]
+        self._process = subprocess.Popen(
+            cmd, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self._environment(dist), start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGINT, wait ``timeout``, then SIGKILL the process group. Returns the exit code."""
+        code = None
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._signal(signal.SIGINT)
+                try:
+                    self._process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self._signal(signal.SIGKILL)
+                    self._process.wait(10)
+            self._signal(signal.SIGKILL)  # stubs left in the group
+            code = self._process.returncode
+            self._process = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        return code
+
+    def is_alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    # ------------------------------------------------------------------ access
+    def url(self, protocol: Literal["http", "grpc", "metrics"] = "grpc") -> str:
+        port = {"http": self.config.http_port, "grpc": self.config.grpc_port,
+                "metrics": self.config.metrics_port}[protocol]
+        return f"{self.config.host}:{port}"
+
+    def client(self, protocol: Literal["http", "grpc"] = "grpc", **kwargs):
+        from clients.infer import TritonClient
+
+        return TritonClient(self.url(protocol), protocol=protocol, **kwargs)
+
+    def logs(self, tail: int | None = None) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return ""
+        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(lines[-tail:] if tail else lines)
+
+    # ------------------------------------------------------------------ internals
+    def _prepare_backends(self, dist: TritonDistribution) -> Path:
+        backends = self._workdir / "backends"
+        shutil.copytree(dist.backends, backends, ignore=shutil.ignore_patterns("__pycache__"))
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        shutil.copy2(dist.stub_for(version), backends / "python" / "triton_python_backend_stub")
+        return backends
+
+    def _environment(self, dist: TritonDistribution) -> dict[str, str]:
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(dist.libs), env.get("LD_LIBRARY_PATH")) if p)
+        env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p)
+        return env
+
+    def _wait_ready(self) -> None:
+        import tritonclient.http as httpclient
+
+        deadline = time.monotonic() + self.startup_timeout
+        with httpclient.InferenceServerClient(self.url("http"), connection_timeout=2.0, network_timeout=2.0) as c:
+            while time.monotonic() < deadline:
+                if self._process.poll() is not None:
+                    raise ServerError(
+                        f"tritonserver exited with code {self._process.returncode} while starting; "
+                        f"last log lines ({self.log_path}):\n{self.logs(tail=25)}"
+                    )
+                try:
+                    if c.is_server_ready():
+                        return
+                except Exception:
+                    pass
+                time.sleep(0.25)
+        raise ServerError(
+            f"tritonserver was not ready after {self.startup_timeout:.0f}s; last log lines "
+            f"({self.log_path}):\n{self.logs(tail=25)}"
+        )
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self._process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
