@@ -222,6 +222,15 @@ class TritonServer:
 
         return TritonClient(self.url(protocol), protocol=protocol, **kwargs)
 
+    def failure_summary(self) -> str:
+        """Model load failures from the log (Triton's error lines), else the log's tail."""
+        lines = self.logs().splitlines()
+        errors = [ln.split("] ", 1)[-1][:400] for ln in lines
+                  if ln.startswith("E") and "failed to load" in ln]
+        unavailable = [ln.strip() for ln in lines if ln.startswith("|") and "UNAVAILABLE" in ln]
+        picked = errors + unavailable
+        return "\n".join(picked[-20:]) if picked else "\n".join(lines[-25:])
+
     def logs(self, tail: int | None = None) -> str:
         if self.log_path is None or not self.log_path.is_file():
             return ""
@@ -250,8 +259,8 @@ class TritonServer:
             while time.monotonic() < deadline:
                 if self._process.poll() is not None:
                     raise ServerError(
-                        f"tritonserver exited with code {self._process.returncode} while starting; "
-                        f"last log lines ({self.log_path}):\n{self.logs(tail=25)}"
+                        f"tritonserver exited with code {self._process.returncode} while starting "
+                        f"(full log: {self.log_path}):\n{self.failure_summary()}"
                     )
                 try:
                     if c.is_server_ready():
@@ -260,8 +269,8 @@ class TritonServer:
                     pass
                 time.sleep(0.25)
         raise ServerError(
-            f"tritonserver was not ready after {self.startup_timeout:.0f}s; last log lines "
-            f"({self.log_path}):\n{self.logs(tail=25)}"
+            f"tritonserver was not ready after {self.startup_timeout:.0f}s (full log: "
+            f"{self.log_path}):\n{self.failure_summary()}"
         )
 
     def _signal(self, sig: int) -> None:

@@ -1,0 +1,55 @@
+"""Serve a model repository with the tritonserver bundled in nvidia-pytriton.
+
+Binds 127.0.0.1 on free ports unless told otherwise, waits until every model is READY,
+prints the endpoints and runs until Ctrl-C (or SIGTERM), then stops the server cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from builder.cli.args import add_server_args, server_kwargs
+from builder.cli.console import console
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("serve", help=__doc__.splitlines()[0], description=__doc__)
+    parser.add_argument("repository", type=Path, nargs="?", default=Path("model_repository"),
+                        help="model repository (default: ./model_repository)")
+    parser.add_argument("--model-control-mode", choices=("none", "poll", "explicit"), default="poll",
+                        help="poll (default) picks up rebuilt or rolled-back models without a restart")
+    add_server_args(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clients.server import TritonServer
+
+    server = TritonServer(args.repository, model_control_mode=args.model_control_mode, **server_kwargs(args))
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with server:
+            with server.client("http") as client:
+                states = client.models()
+            out = console()
+            out.print(f"[bold green]tritonserver ready[/] (pid {server.pid}) serving {args.repository}")
+            out.print(f"  HTTP    {server.url('http')}\n  gRPC    {server.url('grpc')}\n"
+                      f"  metrics {server.url('metrics')}\n  log     {server.log_path}")
+            for name, state in sorted(states.items()):
+                out.print(f"  {state:8s} {name}")
+            out.print("press Ctrl-C to stop")
+            try:
+                while not stop.wait(0.5):
+                    if not server.is_alive():
+                        out.print(f"[red]tritonserver exited[/]; log: {server.log_path}")
+                        return 1
+            except KeyboardInterrupt:
+                pass
+            out.print("stopping tritonserver ...")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0

@@ -1,0 +1,133 @@
+"""The built repository: layout, configs through Triton's schema, manifest, atomicity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from builder.build import FUSION_OPS_FILE, RUNNER_FILE, build
+from builder.errors import ConversionError, RepositoryError
+from builder.repository.config import parse_pbtxt, tensors_of
+from builder.repository.manifest import hash_tree, sha256_file
+from builder.specs import load_spec
+
+
+def _configs(repo: Path) -> dict:
+    return {p.parent.name: parse_pbtxt(p.read_text()) for p in repo.glob("*/config.pbtxt")}
+
+
+@pytest.mark.parametrize("which", ["local_build", "ngc_build"])
+def test_every_config_parses_with_expected_fields(which, request):
+    spec, result = request.getfixturevalue(which)
+    configs = _configs(result.repository)
+    members = [m.name for m in spec.members]
+    assert set(configs) == {*members, "cnn_large", "digits_fusion", "digits"}
+
+    for name in [*members, "cnn_large"]:
+        cfg = configs[name]
+        if result.target == "ngc":
+            assert cfg.platform == "onnxruntime_onnx" and cfg.backend == ""
+            assert cfg.default_model_filename == "model.onnx"
+            assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_GPU
+        else:
+            assert cfg.backend == "python" and cfg.platform == ""
+            assert cfg.parameters["onnx_file"].string_value == "model.onnx"
+            assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_CPU
+        assert cfg.max_batch_size == 64
+        assert tensors_of(cfg, "input") == {"image": ("float32", (1, 8, 8))}
+        assert tensors_of(cfg, "output") == {"logits": ("float32", (10,))}
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == 200
+
+    fusion = configs["digits_fusion"]
+    assert fusion.backend == "python"
+    assert tensors_of(fusion, "input") == {f"scores_{i}": ("float32", (10,)) for i in range(3)}
+    assert tensors_of(fusion, "output") == {"probabilities": ("float32", (10,)), "class_index": ("int64", (1,))}
+    params = json.loads(fusion.parameters["fusion"].string_value)
+    assert params == {"type": "mean", "activation": "softmax", "inputs": ["scores_0", "scores_1", "scores_2"],
+                      "outputs": {"probabilities": "probabilities", "class_index": "class_index"}}
+
+    ens = configs["digits"]
+    assert ens.platform == "ensemble" and ens.max_batch_size == 64
+    assert tensors_of(ens, "input") == {"image": ("float32", (1, 8, 8))}
+    assert tensors_of(ens, "output") == tensors_of(fusion, "output")
+    steps = ens.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == [*members, "digits_fusion"]
+    for s, m in zip(steps, members):
+        assert dict(s.input_map) == {"image": "image"}
+        assert dict(s.output_map) == {"logits": f"{m}__logits"}
+    assert dict(steps[-1].input_map) == {f"scores_{i}": f"{m}__logits" for i, m in enumerate(members)}
+
+
+def test_targets_share_the_same_ensemble(local_build, ngc_build):
+    local = _configs(local_build[1].repository)
+    ngc = _configs(ngc_build[1].repository)
+    assert local["digits"] == ngc["digits"]
+    assert local["digits_fusion"] == ngc["digits_fusion"]
+
+
+def test_version_folders_hold_self_contained_artifacts(local_build, ngc_build):
+    for _, result in (local_build, ngc_build):
+        repo = result.repository
+        assert not list(repo.rglob("*.onnx.data")) and not list(repo.rglob("*.data"))
+        for name in ("cnn_small_a", "cnn_large"):
+            files = sorted(p.name for p in (repo / name / "1").iterdir())
+            assert files == (["model.onnx", "model.py"] if result.target == "local" else ["model.onnx"])
+        assert (repo / "digits" / "1").is_dir() and not any((repo / "digits" / "1").iterdir())
+    repo = local_build[1].repository
+    assert (repo / "digits_fusion" / "1" / "ops.py").read_bytes() == FUSION_OPS_FILE.read_bytes()
+    assert (repo / "cnn_small_a" / "1" / "model.py").read_bytes() == RUNNER_FILE.read_bytes()
+
+
+def test_manifest_records_hashes_parity_and_tools(local_build):
+    spec, result = local_build
+    repo = result.repository
+    manifest = json.loads((repo / "manifest.json").read_text())
+    assert set(manifest["pipelines"]) == {"digits"}
+    pipe = manifest["pipelines"]["digits"]
+    assert pipe["target"] == "local" and pipe["spec"]["name"] == "digits"
+    assert {"torch", "onnx", "onnxruntime", "tritonclient"} <= set(pipe["tools"])
+    for name, record in manifest["models"].items():
+        assert record["files"] == hash_tree(repo / name), name
+    for m in spec.all_models:
+        record = manifest["models"][m.name]
+        assert record["onnx_sha256"] == sha256_file(repo / m.name / "1" / "model.onnx")
+        (parity,) = record["parity"]
+        assert parity["passed"] and parity["precision"] == "fp32"
+        assert parity["samples"] == spec.parity.samples
+        assert parity["inputs"].startswith("data.validation")
+        assert 0 <= parity["max_abs_error"] <= spec.parity.atol
+        assert parity["top1_agreement"] == 1.0
+
+
+def _snapshot(repo: Path) -> dict[str, bytes]:
+    return {p.relative_to(repo).as_posix(): p.read_bytes() for p in sorted(repo.rglob("*")) if p.is_file()}
+
+
+def test_failed_build_leaves_the_repository_untouched(spec_factory, artifacts, tmp_path):
+    good = load_spec(spec_factory())
+    build(good, progress=False)
+    repo = good.output_dir
+    before = _snapshot(repo)
+
+    import yaml
+
+    raw = yaml.safe_load(spec_factory().read_text())
+    raw["members"][2]["model"]["checkpoint"] = str(artifacts / "cnn_large.pt")  # wrong architecture
+    bad_path = tmp_path / "bad.yaml"
+    bad_path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConversionError, match=r"members\[2\] \(cnn_small_c\).model.checkpoint"):
+        build(load_spec(bad_path), progress=False)
+    assert _snapshot(repo) == before
+    assert not [p for p in repo.parent.iterdir() if ".staging-" in p.name]
+
+
+def test_foreign_folders_are_never_overwritten(spec_factory):
+    spec = load_spec(spec_factory())
+    (spec.output_dir / "cnn_small_b").mkdir(parents=True)
+    (spec.output_dir / "cnn_small_b" / "mine.txt").write_text("user data")
+    with pytest.raises(RepositoryError, match="folder '.*cnn_small_b' exists and was not written by tritonfleet"):
+        build(spec, progress=False)
+    assert (spec.output_dir / "cnn_small_b" / "mine.txt").read_text() == "user data"
+    assert not (spec.output_dir / "cnn_small_a").exists()
