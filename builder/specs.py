@@ -165,7 +165,7 @@ class MemberSpec(_Strict):
     outputs: list[TensorSpec] = Field(min_length=1)
     max_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_LIMIT)
     instances: int | None = Field(default=None, ge=1, le=64)
-    precisions: list[Precision] = Field(default_factory=lambda: ["fp32"], min_length=1)
+    precisions: list[Precision] | None = Field(default=None, min_length=1)  # default: precision.variants
 
     @model_validator(mode="after")
     def _unique_tensor_names(self) -> MemberSpec:
@@ -173,7 +173,7 @@ class MemberSpec(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"tensor names must be unique within a model: {', '.join(dupes)}")
-        if len(set(self.precisions)) != len(self.precisions):
+        if self.precisions and len(set(self.precisions)) != len(self.precisions):
             raise ValueError(f"precisions listed twice: {self.precisions}")
         return self
 
@@ -234,13 +234,68 @@ class DataSpec(_Strict):
     calibration: SplitSpec | None = None
 
 
-class ParitySpec(_Strict):
-    """How every exported artifact is checked against PyTorch."""
+class Tolerance(_Strict):
+    """Pass rule of one precision: ``|got - ref| <= atol + rtol * |ref|`` and top-1 agreement.
 
-    samples: int = Field(default=64, ge=1, le=100_000)
-    atol: float = Field(default=1e-4, gt=0)
+    ``atol: null`` records the error without bounding it (int8 logits far from the decision
+    boundary may move a lot while the predicted class does not).
+    """
+
+    atol: float | None = Field(default=1e-4, gt=0)
     rtol: float = Field(default=1e-3, ge=0)
     min_top1_agreement: float = Field(default=0.99, ge=0, le=1)
+
+
+class ParitySpec(_Strict):
+    """How every artifact is checked against PyTorch fp32, per precision (int8 > fp16 > fp32)."""
+
+    samples: int = Field(default=256, ge=1, le=100_000)
+    fp32: Tolerance = Field(default_factory=Tolerance)
+    fp16: Tolerance = Field(default_factory=lambda: Tolerance(atol=5e-2, rtol=1e-2, min_top1_agreement=0.98))
+    int8: Tolerance = Field(default_factory=lambda: Tolerance(atol=None, rtol=0.0, min_top1_agreement=0.95))
+
+    def for_precision(self, precision: str) -> Tolerance:
+        return getattr(self, precision)
+
+
+class Calibration(_Strict):
+    """int8 post-training quantization (onnxruntime ``quantize_static``, Q/DQ format)."""
+
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    samples: int = Field(default=256, ge=1, le=1_000_000)
+    per_channel: bool = True
+    symmetric_activations: bool = True  # what TensorRT expects of Q/DQ int8
+
+
+class PrecisionSpec(_Strict):
+    """Which precision variants to build and which one the ensemble calls."""
+
+    variants: list[Precision] = Field(default_factory=lambda: ["fp32"], min_length=1)
+    serve: Literal["fp32", "fp16", "int8", "auto"] = "fp32"
+    accuracy_budget: float | None = Field(default=None, ge=0, le=100)  # top-1 points vs fp32
+    min_speedup: float = Field(default=1.05, ge=1.0)  # auto: a lower precision must be this much faster
+    benchmark_batch_size: int = Field(default=16, ge=1, le=MAX_BATCH_LIMIT)
+    calibration: Calibration = Field(default_factory=Calibration)
+
+    @model_validator(mode="after")
+    def _check(self) -> PrecisionSpec:
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants listed twice: {self.variants}")
+        if self.serve == "auto" and self.accuracy_budget is None:
+            raise ValueError("serve: auto needs an accuracy_budget (top-1 points the variant may lose vs fp32)")
+        if self.serve != "auto" and self.accuracy_budget is not None:
+            raise ValueError("accuracy_budget only applies to serve: auto")
+        return self
+
+
+class TensorRTSpec(_Strict):
+    """TensorRT options (target ngc). Engines need the tensorrt package and a GPU."""
+
+    engines: bool = False  # build model.plan engines from each ONNX variant
+    onnxruntime_accelerator: bool = False  # ngc ORT members run through ORT's TensorRT EP
+    opt_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_LIMIT)
+    workspace_mb: int = Field(default=1024, ge=16, le=1 << 20)
+    timing_cache: ResolvedPath | None = None
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -256,6 +311,8 @@ class PipelineSpec(_Strict):
     baselines: list[MemberSpec] = Field(default_factory=list)
     data: DataSpec | None = None
     parity: ParitySpec = Field(default_factory=ParitySpec)
+    precision: PrecisionSpec = Field(default_factory=PrecisionSpec)
+    tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
 
     # ---- derived names
     @property
@@ -271,6 +328,11 @@ class PipelineSpec(_Strict):
 
     def instances_of(self, member: MemberSpec) -> int:
         return member.instances or self.serving.instances
+
+    def precisions_of(self, member: MemberSpec) -> list[str]:
+        """Variants built for ``member``: fp32 always first (the reference every drop is against)."""
+        wanted = member.precisions or self.precision.variants
+        return ["fp32", *[p for p in wanted if p != "fp32"]]
 
     def device_for(self, target: str) -> str:
         if self.serving.device != "auto":
@@ -302,6 +364,7 @@ class PipelineSpec(_Strict):
                     f"serving.max_batch_size {self.serving.max_batch_size}; the ensemble would "
                     "send batches it cannot take"
                 )
+        problems += self._check_precisions()
         too_big = [b for b in self.serving.dynamic_batching.preferred_batch_sizes
                    if b > self.serving.max_batch_size]
         if too_big:
@@ -312,6 +375,27 @@ class PipelineSpec(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _check_precisions(self) -> list[str]:
+        problems = []
+        serve = self.precision.serve
+        for m in self.members:
+            if serve not in ("auto", "fp32") and serve not in self.precisions_of(m):
+                problems.append(
+                    f"precision.serve is {serve} but member '{m.name}' builds only "
+                    f"{', '.join(self.precisions_of(m))}; add {serve} to its precisions"
+                )
+        if any("int8" in self.precisions_of(m) for m in self.all_models):
+            if self.data is None or self.data.calibration is None:
+                problems.append(
+                    "int8 variants need calibration samples: add data.calibration "
+                    "({inputs: <array name>}) pointing at real, representative inputs"
+                )
+        if self.precision.serve == "auto" and (self.data is None or self.data.validation is None
+                                               or self.data.validation.labels is None):
+            problems.append("precision.serve: auto measures accuracy drops on data.validation, "
+                            "which needs inputs and labels")
+        return problems
 
     def _check_members_agree(self) -> list[str]:
         problems = []
@@ -378,6 +462,19 @@ def load_spec(path: str | Path) -> PipelineSpec:
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not a UTF-8 text file") from None
     return parse_spec(raw, base_dir=path.parent.resolve(), source=str(path))
+
+
+def with_overrides(spec: PipelineSpec, changes: dict[str, Any], source: str = "command line") -> PipelineSpec:
+    """A copy of ``spec`` with nested ``changes`` applied, validated again."""
+
+    def merge(base: dict, update: dict) -> dict:
+        out = dict(base)
+        for key, value in update.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    raw = merge(spec.model_dump(mode="json", exclude_unset=True), changes)
+    return parse_spec(raw, base_dir=Path("/"), source=source)
 
 
 def parse_spec(raw: Any, base_dir: Path, source: str = "<spec>") -> PipelineSpec:

@@ -23,17 +23,22 @@ def test_every_config_parses_with_expected_fields(which, request):
     spec, result = request.getfixturevalue(which)
     configs = _configs(result.repository)
     members = [m.name for m in spec.members]
-    assert set(configs) == {*members, "cnn_large", "digits_fusion", "digits"}
+    variants = [f"{m}{suffix}" for m in [*members, "cnn_large"] for suffix in ("", "_fp16", "_int8")]
+    assert set(configs) == {*variants, "digits_fusion", "digits"}
 
-    for name in [*members, "cnn_large"]:
+    for name in variants:
         cfg = configs[name]
         if result.target == "ngc":
             assert cfg.platform == "onnxruntime_onnx" and cfg.backend == ""
             assert cfg.default_model_filename == "model.onnx"
             assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_GPU
+            assert not cfg.HasField("optimization")  # no TensorRT accelerator unless asked
         else:
             assert cfg.backend == "python" and cfg.platform == ""
             assert cfg.parameters["onnx_file"].string_value == "model.onnx"
+            suffix = name.rpartition("_")[2]
+            expected = suffix if suffix in ("fp16", "int8") else "fp32"
+            assert cfg.parameters["precision"].string_value == expected
             assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_CPU
         assert cfg.max_batch_size == 64
         assert tensors_of(cfg, "input") == {"image": ("float32", (1, 8, 8))}
@@ -91,14 +96,25 @@ def test_manifest_records_hashes_parity_and_tools(local_build):
     for name, record in manifest["models"].items():
         assert record["files"] == hash_tree(repo / name), name
     for m in spec.all_models:
-        record = manifest["models"][m.name]
-        assert record["onnx_sha256"] == sha256_file(repo / m.name / "1" / "model.onnx")
-        (parity,) = record["parity"]
-        assert parity["passed"] and parity["precision"] == "fp32"
-        assert parity["samples"] == spec.parity.samples
-        assert parity["inputs"].startswith("data.validation")
-        assert 0 <= parity["max_abs_error"] <= spec.parity.atol
-        assert parity["top1_agreement"] == 1.0
+        for precision in ("fp32", "fp16", "int8"):
+            name = m.name if precision == "fp32" else f"{m.name}_{precision}"
+            record = manifest["models"][name]
+            assert record["precision"] == precision
+            assert record["artifact_sha256"] == sha256_file(repo / name / "1" / "model.onnx")
+            assert record["size_bytes"] == (repo / name / "1" / "model.onnx").stat().st_size
+            (parity,) = record["parity"]
+            tol = spec.parity.for_precision(precision)
+            assert parity["passed"] and parity["precision"] == precision
+            assert parity["samples"] == spec.parity.samples
+            assert parity["inputs"].startswith("data.validation")
+            assert parity["top1_agreement"] >= tol.min_top1_agreement
+            if tol.atol is not None:
+                assert 0 <= parity["max_abs_error"] <= tol.atol + tol.rtol * 30  # logits stay below 30
+            variant = record["variant"]
+            assert variant["precision"] == precision and 0.9 < variant["test_accuracy"] <= 1.0
+        int8 = manifest["models"][f"{m.name}_int8"]["calibration"]
+        assert int8["samples_used"] == 256 and int8["method"] == "minmax"
+    assert manifest["pipelines"]["digits"]["served"]["cnn_small_a"]["precision"] == "fp32"
 
 
 def _snapshot(repo: Path) -> dict[str, bytes]:

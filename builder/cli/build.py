@@ -1,7 +1,10 @@
 """Build a Triton model repository from a pipeline spec (ensemble_configs/*.yaml).
 
-Exports every model to ONNX, checks it against PyTorch, writes config.pbtxt files through
-Triton's schema and the ensemble, all into a staging folder moved into place at the end.
+Exports every model to ONNX and checks it against PyTorch, derives the precision variants
+the spec asks for (fp16, calibrated int8, TensorRT engines where TensorRT is installed),
+measures what each costs in accuracy and gains in speed, picks what the ensemble serves,
+and writes config.pbtxt files through Triton's schema, all into a staging folder moved
+into place at the end.
 """
 
 from __future__ import annotations
@@ -14,21 +17,58 @@ from builder.cli.console import console, fmt
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("build", help=__doc__.splitlines()[0], description=__doc__)
+    parser = sub.add_parser("build", help=__doc__.splitlines()[0], description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", type=Path, help="pipeline spec YAML")
     parser.add_argument("--target", choices=("local", "ngc"), default=None,
                         help="local: Python-backend runners for the bundled server; ngc: native "
-                             "onnxruntime configs for the NGC container (default: the spec's)")
+                             "onnxruntime/TensorRT configs for the NGC container (default: the spec's)")
     parser.add_argument("--output", type=Path, default=None, help="repository folder (default: the spec's output_dir)")
+    parser.add_argument("--precisions", type=_precisions, default=None, metavar="LIST",
+                        help="comma-separated variants to build for every model, e.g. fp32,fp16,int8 "
+                             "(default: the spec's precision.variants)")
+    parser.add_argument("--serve", choices=("fp32", "fp16", "int8", "auto"), default=None,
+                        help="variant the ensemble calls (default: the spec's precision.serve)")
+    parser.add_argument("--accuracy-budget", type=float, default=None, metavar="POINTS",
+                        help="with --serve auto: top-1 points a variant may lose vs fp32")
+    parser.add_argument("--engines", action="store_true",
+                        help="also build TensorRT engines (target ngc, needs tensorrt and a GPU)")
     add_progress_arg(parser)
     parser.set_defaults(run=run)
+
+
+def _precisions(text: str) -> list[str]:
+    items = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in items if p not in ("fp32", "fp16", "int8")]
+    if unknown or not items:
+        raise argparse.ArgumentTypeError(
+            f"unknown precision {', '.join(unknown) or '(none)'}; use a comma-separated list of fp32, fp16, int8"
+        )
+    return items
+
+
+def apply_overrides(spec, args: argparse.Namespace):
+    from builder.specs import with_overrides
+
+    changes: dict = {}
+    precision = {k: v for k, v in (("variants", args.precisions), ("serve", args.serve),
+                                   ("accuracy_budget", args.accuracy_budget)) if v is not None}
+    if precision:
+        changes["precision"] = precision
+    if args.precisions is not None:  # the command line wins over per-member lists
+        for group in ("members", "baselines"):
+            changes[group] = [{**m.model_dump(mode="json", exclude_unset=True), "precisions": None}
+                              for m in getattr(spec, group)]
+    if args.engines:
+        changes["tensorrt"] = {"engines": True}
+    return with_overrides(spec, changes) if changes else spec
 
 
 def run(args: argparse.Namespace) -> int:
     from builder.build import build
     from builder.specs import load_spec
 
-    spec = load_spec(args.spec)
+    spec = apply_overrides(load_spec(args.spec), args)
     result = build(spec, target=args.target, output_dir=args.output, spec_path=args.spec, progress=args.progress)
     print_build(result)
     return 0
@@ -37,18 +77,41 @@ def run(args: argparse.Namespace) -> int:
 def print_build(result) -> None:
     from rich.table import Table
 
+    from builder.variants import drop_points
+
+    out = console()
     table = Table(title=f"{result.pipeline} -> {result.repository} (target {result.target})")
-    for col in ("model", "kind", "precision", "max abs err", "top-1 agree", "parity"):
-        table.add_column(col)
+    columns = ("model", "kind", "prec", "max err", "top1 agr", "val acc", "test acc", "drop",
+               "KB", "smp/s", "served")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("model", "kind", "prec") else "right", no_wrap=col == "model")
     for plan in result.models:
-        records = result.parity.get(plan.member or "", [])
-        rec = next((r for r in records if r.precision == plan.precision), None)
+        stats = {s.precision: s for s in result.variants.get(plan.member or "", [])}
+        own = stats.get(plan.precision) if plan.format == "onnx" else None
+        runtime = "tensorrt" if plan.format == "plan" else "onnxruntime-cpu"
+        rec = next((r for r in result.parity.get(plan.member or "", [])
+                    if r.precision == plan.precision and r.runtime == runtime), None)
+        base = stats.get("fp32")
+        selection = result.selections.get(plan.member or "")
+        served = plan.format == "onnx" and selection is not None and selection.precision == plan.precision
+        prec = (plan.precision or "-") + (" trt" if plan.format == "plan" else "")
         table.add_row(
-            plan.config.name, plan.kind, plan.precision or "-",
+            plan.config.name, plan.kind, prec,
             fmt(rec.max_abs_error if rec else None, ".2e"),
             fmt(rec.top1_agreement if rec else None, ".4f"),
-            ("[green]pass[/]" if rec.passed else "[red]fail[/]") if rec else "-",
+            fmt(own.val_accuracy if own else None), fmt(own.test_accuracy if own else None),
+            fmt(drop_points(base.test_accuracy, own.test_accuracy) if own and base else None, "+.2f"),
+            fmt(own.size_bytes / 1024 if own else None, ",.0f"),
+            fmt(own.samples_per_s if own else None, ",.0f"),
+            "[green]yes[/]" if served else "",
         )
-    console().print(table)
+    out.print(table)
+    out.print("max err, top1 agr: vs PyTorch fp32 on the parity samples; acc: top-1, onnxruntime in-process; "
+              "drop: test top-1 points vs fp32; smp/s: in-process onnxruntime at the benchmark batch size "
+              "(served numbers: tritonfleet demo / bench)")
+    for sel in result.selections.values():
+        out.print(f"  {sel.member} serves {sel.precision} ({sel.reason})")
+    for step in result.problems:
+        out.print(f"[yellow]{step.status.value}[/] {step.name}: {step.message.strip().splitlines()[-1]}")
     if result.removed:
-        console().print(f"removed models no longer in the spec: {', '.join(result.removed)}")
+        out.print(f"removed models no longer in the spec: {', '.join(result.removed)}")

@@ -11,17 +11,14 @@ is a :class:`ConversionError` naming the model and what to change.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from builder.errors import ConversionError
+from builder.export.common import quiet
 from builder.loaders import Loader, resolve
 from builder.specs import TensorSpec
 
@@ -62,9 +59,8 @@ class ExportOnnx(Loader[Path]):
 
         with tempfile.TemporaryDirectory(prefix="tritonfleet-export-") as tmp:
             raw = Path(tmp) / "model.onnx"
-            log = io.StringIO()
             try:
-                with _quiet(log):
+                with quiet("torch.onnx", "onnxscript"):
                     if isinstance(model, torch.jit.ScriptModule):
                         axes = {n: {0: BATCH_DIM} for n in (*input_names, *output_names)}
                         torch.onnx.export(
@@ -126,17 +122,3 @@ def _check_and_name_batch(proto, input_names: list[str], output_names: list[str]
                 "torch.export.export(..., dynamic_shapes=({0: torch.export.Dim('batch')},)))"
             )
         dims[0].dim_param = BATCH_DIM
-
-
-@contextlib.contextmanager
-def _quiet(sink: io.StringIO):
-    """Silence the exporter's progress prints, warnings and log records."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)

@@ -4,14 +4,20 @@ Per target, every member and baseline becomes one model, the fusion step a Pytho
 model and the pipeline itself a ``platform: "ensemble"`` model. The ensemble is identical
 for both targets; only the member models differ:
 
-* ``ngc``: ``platform: "onnxruntime_onnx"`` (the NGC container's ONNX Runtime backend);
+* ``ngc``: ``platform: "onnxruntime_onnx"`` (the NGC container's ONNX Runtime backend),
+  optionally through ORT's TensorRT execution provider, plus ``platform: "tensorrt_plan"``
+  engines when they were built;
 * ``local``: ``backend: "python"`` running the same ``model.onnx`` with onnxruntime.
+
+Every precision variant is its own model (``cnn_a``, ``cnn_a_fp16``, ``cnn_a_int8``,
+``cnn_a_trt_fp16``); the ensemble calls the one each member serves.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 from builder.repository.config import (
     DynamicBatchingConfig,
@@ -23,6 +29,8 @@ from builder.specs import MemberSpec, PipelineSpec
 
 TARGETS = ("local", "ngc")
 ONNX_FILE = "model.onnx"
+PLAN_FILE = "model.plan"
+TRT_PRECISION_MODE = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
 
 
 @dataclass(frozen=True)
@@ -31,11 +39,19 @@ class ModelPlan:
     config: ModelConfig
     member: str | None = None
     precision: str | None = None
+    format: str = "onnx"  # "onnx" | "plan" (TensorRT engine) | "python"
+
+    @property
+    def artifact_key(self) -> str:
+        return f"{self.format}:{self.member}:{self.precision}"
 
 
-def variant_name(member: MemberSpec, precision: str) -> str:
-    """Model name of one precision variant: ``cnn_a`` (fp32), ``cnn_a_fp16``, ``cnn_a_int8``."""
-    return member.name if precision == "fp32" else f"{member.name}_{precision}"
+def variant_name(member: MemberSpec | str, precision: str, fmt: str = "onnx") -> str:
+    """Model name of a variant: ``cnn_a`` (fp32), ``cnn_a_fp16``, ``cnn_a_int8``, ``cnn_a_trt_fp16``."""
+    name = member if isinstance(member, str) else member.name
+    if fmt == "plan":
+        return f"{name}_trt_{precision}"
+    return name if precision == "fp32" else f"{name}_{precision}"
 
 
 def _instance_kind(spec: PipelineSpec, target: str) -> str:
@@ -61,10 +77,20 @@ def member_config(spec: PipelineSpec, member: MemberSpec, target: str, precision
     )
     threads = str(spec.serving.onnxruntime_threads)
     if target == "ngc":
+        optimization = None
+        if spec.tensorrt.onnxruntime_accelerator:
+            optimization = {"execution_accelerators": {"gpu_execution_accelerator": [{
+                "name": "tensorrt",
+                "parameters": {
+                    "precision_mode": TRT_PRECISION_MODE[precision],
+                    "max_workspace_size_bytes": str(spec.tensorrt.workspace_mb << 20),
+                },
+            }]}}
         return ModelConfig(
             platform="onnxruntime_onnx",
             default_model_filename=ONNX_FILE,
             parameters={"intra_op_thread_count": threads},
+            optimization=optimization,
             **common,
         )
     if target == "local":
@@ -79,6 +105,31 @@ def member_config(spec: PipelineSpec, member: MemberSpec, target: str, precision
             **common,
         )
     raise ValueError(f"unknown target '{target}' (use one of {', '.join(TARGETS)})")
+
+
+def engine_profile(spec: PipelineSpec, member: MemberSpec):
+    from builder.export.trt import BatchProfile
+
+    return BatchProfile.for_serving(
+        spec.max_batch_size_of(member), tuple(spec.serving.dynamic_batching.preferred_batch_sizes),
+        spec.tensorrt.opt_batch_size,
+    )
+
+
+def engine_config(spec: PipelineSpec, member: MemberSpec, precision: str) -> ModelConfig:
+    """``platform: "tensorrt_plan"``; max_batch_size is the profile's max, never more."""
+    profile = engine_profile(spec, member)
+    return ModelConfig(
+        name=variant_name(member, precision, "plan"),
+        platform="tensorrt_plan",
+        default_model_filename=PLAN_FILE,
+        inputs=tuple(TensorConfig.from_spec(t) for t in member.inputs),
+        outputs=tuple(TensorConfig.from_spec(t) for t in member.outputs),
+        max_batch_size=profile.max,
+        instance_count=spec.instances_of(member),
+        instance_kind="KIND_GPU",
+        dynamic_batching=_batching(spec),
+    )
 
 
 def fusion_inputs(spec: PipelineSpec) -> list[TensorConfig]:
@@ -143,11 +194,28 @@ def ensemble_config(spec: PipelineSpec, fusion: ModelConfig, served: dict[str, s
     )
 
 
-def plan_pipeline(spec: PipelineSpec, target: str) -> list[ModelPlan]:
-    """Every model of the pipeline for ``target``, members first, ensemble last."""
-    plans = [ModelPlan("member", member_config(spec, m, target), m.name, "fp32") for m in spec.members]
-    plans += [ModelPlan("baseline", member_config(spec, m, target), m.name, "fp32") for m in spec.baselines]
+def plan_pipeline(
+    spec: PipelineSpec,
+    target: str,
+    built: Mapping[str, Sequence[str]] | None = None,
+    served: Mapping[str, str] | None = None,
+    engines: Mapping[str, Sequence[str]] | None = None,
+) -> list[ModelPlan]:
+    """Every model of the pipeline for ``target``, members first, ensemble last.
+
+    ``built``: member -> precisions whose ONNX variant exists (default: all requested);
+    ``served``: member -> precision the ensemble calls (default fp32);
+    ``engines``: member -> precisions with a TensorRT engine (ngc only).
+    """
+    plans = []
+    for m in spec.all_models:
+        kind = "member" if m in spec.members else "baseline"
+        for precision in (built or {}).get(m.name, spec.precisions_of(m)):
+            plans.append(ModelPlan(kind, member_config(spec, m, target, precision), m.name, precision))
+        for precision in (engines or {}).get(m.name, ()):
+            plans.append(ModelPlan(kind, engine_config(spec, m, precision), m.name, precision, "plan"))
     fusion = fusion_config(spec)
-    plans.append(ModelPlan("fusion", fusion))
-    plans.append(ModelPlan("ensemble", ensemble_config(spec, fusion)))
+    plans.append(ModelPlan("fusion", fusion, format="python"))
+    names = {m.name: variant_name(m, (served or {}).get(m.name, "fp32")) for m in spec.members}
+    plans.append(ModelPlan("ensemble", ensemble_config(spec, fusion, names), format="ensemble"))
     return plans

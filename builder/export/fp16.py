@@ -1,0 +1,42 @@
+"""fp32 ONNX -> fp16 ONNX with fp32 inputs and outputs kept (onnxconverter-common).
+
+Weights and activations become float16; Cast nodes at the graph boundary keep the model's
+signature, so the Triton config and the ensemble do not change. On TensorRT (>= 10,
+strongly typed networks) this fp16-typed graph is what selects fp16 kernels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from builder.errors import ConversionError
+from builder.export.common import quiet
+from builder.loaders import Loader, resolve
+
+
+class ConvertToFp16(Loader[Path]):
+    def __init__(self, onnx_path: Any, path: Path, name: str = "model"):
+        self.onnx_path = onnx_path
+        self.path = Path(path)
+        self.name = name
+
+    def call_impl(self) -> Path:
+        import onnx
+        from onnxconverter_common import float16
+
+        source = resolve(self.onnx_path)
+        try:
+            with quiet("onnxconverter_common"):
+                model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+        except Exception as exc:
+            raise ConversionError(f"{self.name}: fp16 conversion failed: {type(exc).__name__}: {exc}") from None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(model, str(self.path), save_as_external_data=False)
+        onnx.checker.check_model(str(self.path))
+        return self.path
+
+
+def convert_to_fp16(onnx_path: Any, path: Path, name: str = "model") -> Path:
+    """Eager twin of :class:`ConvertToFp16`."""
+    return ConvertToFp16(onnx_path, path, name)()
