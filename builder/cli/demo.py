@@ -24,7 +24,7 @@ def register(sub) -> None:
     parser.add_argument("--output", type=Path, default=None, help="repository folder (default: the spec's output_dir)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per model (default 8)")
     parser.add_argument("--batch-size", type=int, default=1, help="samples per request (default 1)")
-    parser.add_argument("--window", type=float, default=2.0, help="seconds per measurement window (default 2)")
+    parser.add_argument("--window", type=float, default=1.0, help="seconds per measurement window (default 1)")
     add_progress_arg(parser)
     add_server_args(parser)
     parser.set_defaults(run=run)
@@ -56,30 +56,39 @@ def run(args: argparse.Namespace) -> int:
 
     out.rule("[bold]3. serve and measure")
     test = load_split(spec, "test")
-    models = [(m.name, "member") for m in spec.members] + [(m.name, "baseline") for m in spec.baselines]
-    models.append((spec.name, "ensemble"))
+    models = [(p.config.name, p.kind) for p in result.models if p.kind != "fusion"]
     load = LoadConfig(model="", concurrency=args.concurrency, batch_size=args.batch_size,
-                      warmup_s=1.0, window_s=args.window)
+                      warmup_s=0.5, window_s=args.window, max_windows=6)
     with TritonServer(result.repository, **server_kwargs(args)) as server:
         out.print(f"tritonserver ready (pid {server.pid}), gRPC {server.url('grpc')}, log {server.log_path}")
         with out.status("measuring") as status:
             rows = measure_models(server.url("grpc"), models, test.inputs, test.labels, load,
                                   on_model=lambda n: status.update(f"measuring {n}"))
-    print_measurements(rows, load)
+    print_measurements(rows, result, load)
     return 0
 
 
-def print_measurements(rows, load) -> None:
+def print_measurements(rows, result, load) -> None:
     from rich.table import Table
 
+    from builder.variants import drop_points
+
+    plans = {p.config.name: p for p in result.models}
+    served_fp32 = {plans[r.model].member: r.accuracy for r in rows
+                   if plans[r.model].precision == "fp32" and plans[r.model].format == "onnx"}
     table = Table(title=f"through tritonserver: concurrency {load.concurrency}, batch {load.batch_size}")
-    for col in ("model", "kind", "accuracy", "infer/s", "p50 ms", "p99 ms", "errors", "stable"):
-        table.add_column(col, justify="right" if col not in ("model", "kind") else "left")
+    for col in ("model", "kind", "prec", "accuracy", "drop pt", "KB", "infer/s", "p50 ms", "p99 ms", "errors"):
+        table.add_column(col, justify="left" if col in ("model", "kind", "prec") else "right", no_wrap=col == "model")
     for r in rows:
+        plan = plans[r.model]
         lat = r.load.latency_ms if r.load else {}
+        stats = {s.precision: s for s in result.variants.get(plan.member or "", [])}
+        size = stats[plan.precision].size_bytes / 1024 if plan.precision in stats else None
         table.add_row(
-            r.model, r.kind, fmt(r.accuracy), fmt(r.load.infer_per_s if r.load else None, ",.0f"),
-            fmt(lat.get("p50"), ".2f"), fmt(lat.get("p99"), ".2f"),
-            str(r.load.errors) if r.load else "-", ("yes" if r.load.stable else "no") if r.load else "-",
+            r.model, plan.kind, plan.precision or "-", fmt(r.accuracy),
+            fmt(drop_points(served_fp32.get(plan.member), r.accuracy) if plan.member else None, "+.2f"),
+            fmt(size, ",.0f"), fmt(r.load.infer_per_s if r.load else None, ",.0f"),
+            fmt(lat.get("p50"), ".2f"), fmt(lat.get("p99"), ".2f"), str(r.load.errors) if r.load else "-",
         )
     console().print(table)
+    console().print("accuracy: top-1 on the test split through the server; drop: points vs the same model's fp32")
