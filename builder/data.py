@@ -48,7 +48,7 @@ def load_split(spec: PipelineSpec, split: str) -> Split | None:
         return arrays[key]
 
     keys = split_spec.input_keys
-    signature = spec.members[0].inputs
+    signature = spec.inputs
     if len(keys) != len(signature):
         raise SpecError(
             f"{where}.inputs names {len(keys)} arrays but the models take {len(signature)} inputs "
@@ -106,7 +106,7 @@ def parity_inputs(spec: PipelineSpec) -> tuple[tuple[np.ndarray, ...], str]:
             return split.head(n).inputs, f"data.{name}[:{min(n, len(split))}]"
     rng = np.random.default_rng(0)
     arrays = []
-    for t in spec.members[0].inputs:
+    for t in spec.inputs:
         shape = [n, *[1 if d == -1 else d for d in t.shape]]
         dtype = numpy_dtype(t.dtype)
         if np.issubdtype(dtype, np.floating):

@@ -11,8 +11,9 @@ Relative paths are resolved against the folder of the spec file.
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -166,6 +167,8 @@ class MemberSpec(_Strict):
     max_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_LIMIT)
     instances: int | None = Field(default=None, ge=1, le=64)
     precisions: list[Precision] | None = Field(default=None, min_length=1)  # default: precision.variants
+    # chaining: input name -> "<earlier member>.<its output>"; inputs not listed take the pipeline input
+    inputs_from: dict[TensorName, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_tensor_names(self) -> MemberSpec:
@@ -175,6 +178,15 @@ class MemberSpec(_Strict):
             raise ValueError(f"tensor names must be unique within a model: {', '.join(dupes)}")
         if self.precisions and len(set(self.precisions)) != len(self.precisions):
             raise ValueError(f"precisions listed twice: {self.precisions}")
+        inputs = {t.name for t in self.inputs}
+        for name, source in self.inputs_from.items():
+            if name not in inputs:
+                raise ValueError(f"inputs_from maps '{name}', which is not one of the inputs ({', '.join(inputs)})")
+            if source.count(".") != 1 or not all(source.split(".")):
+                raise ValueError(f"inputs_from['{name}'] = '{source}' must look like '<member>.<output>'")
+        if self.inputs_from and len(self.inputs_from) != len(self.inputs):
+            raise ValueError("a chained member takes every input from other members: map all of "
+                             f"{', '.join(sorted(inputs))} in inputs_from")
         return self
 
 
@@ -184,16 +196,184 @@ class FusionOutputs(_Strict):
     class_index: TensorName = "class_index"
 
 
-class MeanFusion(_Strict):
-    """Arithmetic mean of the members' class probabilities."""
+class _ClassScores(_Strict):
+    """Fusions of per-member class scores ``[classes]`` into probabilities and a class."""
 
-    type: Literal["mean"]
-    activation: Literal["softmax", "none"] = "softmax"
+    activation: Literal["softmax", "none"] = "softmax"  # softmax: members output logits
     source: TensorName | None = None  # member output to fuse; default: each member's first
+    members: list[ModelName] | None = Field(default=None, min_length=1)  # default: the leaves
     outputs: FusionOutputs = Field(default_factory=FusionOutputs)
 
+    kind: ClassVar[str] = "classification"
 
-FusionSpec = Annotated[Union[MeanFusion], Field(discriminator="type")]
+
+def _check_weight_list(weights: list[float] | None) -> None:
+    if weights is None:
+        return
+    if any(not math.isfinite(w) or w < 0 for w in weights) or not any(w > 0 for w in weights):
+        raise ValueError(f"weights must be finite, >= 0 and not all zero (got {weights})")
+
+
+class MeanFusion(_ClassScores):
+    """Arithmetic mean of the members' probabilities (soft voting)."""
+
+    type: Literal["mean"]
+
+
+class GeometricMeanFusion(_ClassScores):
+    """Normalised geometric mean of the members' probabilities."""
+
+    type: Literal["geometric_mean"]
+
+
+class WeightedMeanFusion(_ClassScores):
+    """Weighted mean; ``weights: auto`` fits them on data.validation by ``metric``:
+    accuracy -> w_i proportional to accuracy_i; log_loss -> w_i proportional to 1 / log_loss_i."""
+
+    type: Literal["weighted_mean"]
+    weights: list[float] | Literal["auto"] = "auto"
+    metric: Literal["accuracy", "log_loss"] = "accuracy"
+
+    @model_validator(mode="after")
+    def _check(self) -> WeightedMeanFusion:
+        _check_weight_list(None if self.weights == "auto" else self.weights)
+        return self
+
+
+class VoteFusion(_ClassScores):
+    """Majority vote (``hard``: ties to the higher summed probability, then the lower class)
+    or ``soft`` vote (weighted mean of probabilities)."""
+
+    type: Literal["vote"]
+    mode: Literal["hard", "soft"] = "hard"
+    weights: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> VoteFusion:
+        _check_weight_list(self.weights)
+        return self
+
+
+class StackingFusion(_ClassScores):
+    """Multinomial logistic regression on the members' probabilities, fitted on
+    data.validation at build time; coefficients stored as JSON beside the fusion model."""
+
+    type: Literal["stacking"]
+    regularization: float = Field(default=1.0, gt=0)  # inverse L2 strength (sklearn's C)
+    max_iter: int = Field(default=1000, ge=10, le=100_000)
+
+
+class RescoreFusion(_ClassScores):
+    """The first fused member proposes its ``top_k`` classes, the second re-ranks them:
+    ``alpha * p_first + (1 - alpha) * p_second`` on the candidates."""
+
+    type: Literal["rescore"]
+    top_k: int = Field(default=3, ge=1)
+    alpha: float = Field(default=0.5, ge=0, le=1)
+
+
+class DetectionTensors(_Strict):
+    """Names of the padded detection tensors: members output them, the fusion too."""
+
+    boxes: TensorName = "boxes"    # [K, 4] float (x1, y1, x2, y2)
+    scores: TensorName = "scores"  # [K] float
+    labels: TensorName = "labels"  # [K] int
+    count: TensorName = "count"    # [1] int: valid rows, the rest is padding
+
+
+class DetectionFusion(_Strict):
+    """Weighted boxes fusion (``wbf``) or box averaging (``average``) of detections."""
+
+    type: Literal["detection"]
+    method: Literal["wbf", "average"] = "wbf"
+    iou_threshold: float = Field(default=0.55, gt=0, lt=1)
+    skip_threshold: float = Field(default=0.0, ge=0, le=1)
+    weights: list[float] | None = None
+    max_detections: int = Field(default=100, ge=1, le=10_000)
+    members: list[ModelName] | None = Field(default=None, min_length=1)
+    tensors: DetectionTensors = Field(default_factory=DetectionTensors)
+
+    kind: ClassVar[str] = "detection"
+
+    @model_validator(mode="after")
+    def _check(self) -> DetectionFusion:
+        _check_weight_list(self.weights)
+        return self
+
+
+class StageRef(_Strict):
+    """A model a BLS pipeline calls: a member/baseline of this spec, or any model already in
+    the repository (e.g. another pipeline's ensemble)."""
+
+    model: ModelName
+    version: int = Field(default=-1, ge=-1)
+    output: TensorName | None = None  # default: the model's first output
+    activation: Literal["softmax", "none"] = "softmax"
+
+
+class CascadeFusion(_Strict):
+    """Early exit (BLS): each stage answers the samples it is confident about
+    (top probability >= threshold); the rest go to the next stage."""
+
+    type: Literal["cascade"]
+    stages: list[StageRef] = Field(min_length=2, max_length=8)
+    thresholds: list[float] = Field(min_length=1)  # one per stage but the last
+    outputs: FusionOutputs = Field(default_factory=FusionOutputs)
+    stage_output: TensorName = "stage"  # which stage answered each sample
+
+    kind: ClassVar[str] = "bls"
+
+    @model_validator(mode="after")
+    def _check(self) -> CascadeFusion:
+        if len(self.thresholds) != len(self.stages) - 1:
+            raise ValueError(f"{len(self.stages)} stages need {len(self.stages) - 1} thresholds "
+                             f"(one per stage but the last), got {len(self.thresholds)}")
+        if any(not 0 <= t <= 1 for t in self.thresholds):
+            raise ValueError(f"thresholds must be in [0, 1], got {self.thresholds}")
+        return self
+
+    @property
+    def refs(self) -> list[StageRef]:
+        return list(self.stages)
+
+
+class RouteFusion(_Strict):
+    """A/B routing (BLS): ``candidate_fraction`` of requests go to the candidate, the rest
+    to the current model; ``shadow`` also sends current-routed requests to the candidate
+    without using its answer; ``fallback`` answers with the current model when the candidate
+    fails. Decisions and fallbacks are counted as Triton metrics."""
+
+    type: Literal["route"]
+    current: StageRef
+    candidate: StageRef
+    candidate_fraction: float = Field(default=0.1, ge=0, le=1)
+    shadow: bool = False
+    fallback: bool = True
+    outputs: FusionOutputs = Field(default_factory=FusionOutputs)
+    route_output: TensorName = "route"  # 0: current, 1: candidate, 2: fallback to current
+
+    kind: ClassVar[str] = "bls"
+
+    @property
+    def refs(self) -> list[StageRef]:
+        return [self.current, self.candidate]
+
+
+class ChainOutput(_Strict):
+    """No fusion: the pipeline returns one member's outputs (chaining)."""
+
+    type: Literal["none"]
+    member: ModelName | None = None  # default: the last member
+
+    kind: ClassVar[str] = "chain"
+
+
+FusionSpec = Annotated[
+    Union[MeanFusion, GeometricMeanFusion, WeightedMeanFusion, VoteFusion, StackingFusion, RescoreFusion,
+          DetectionFusion, CascadeFusion, RouteFusion, ChainOutput],
+    Field(discriminator="type"),
+]
+CLASSIFICATION_FUSIONS = ("mean", "geometric_mean", "weighted_mean", "vote", "stacking", "rescore")
 
 
 # --------------------------------------------------------------------------- serving
@@ -314,14 +494,22 @@ class PipelineSpec(_Strict):
     precision: PrecisionSpec = Field(default_factory=PrecisionSpec)
     tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
 
-    # ---- derived names
+    # ---- derived names and views
     @property
-    def fusion_model_name(self) -> str:
-        return f"{self.name}_fusion"
+    def fusion_kind(self) -> str:
+        return self.fusion.kind
+
+    @property
+    def fusion_model_name(self) -> str | None:
+        """The Python-backend fusion step of an ensemble (None for BLS and chain pipelines)."""
+        return f"{self.name}_fusion" if self.fusion_kind in ("classification", "detection") else None
 
     @property
     def all_models(self) -> list[MemberSpec]:
         return [*self.members, *self.baselines]
+
+    def model(self, name: str) -> MemberSpec | None:
+        return next((m for m in self.all_models if m.name == name), None)
 
     def max_batch_size_of(self, member: MemberSpec) -> int:
         return member.max_batch_size or self.serving.max_batch_size
@@ -339,24 +527,62 @@ class PipelineSpec(_Strict):
             return self.serving.device
         return "gpu" if target == "ngc" else "cpu"
 
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """The pipeline's inputs: those of the first member that is not chained."""
+        return next(m for m in self.members if not m.inputs_from).inputs
+
+    def sources_of(self, member: MemberSpec) -> dict[str, tuple[str, str]]:
+        """Chained inputs: input name -> (source member, source output)."""
+        return {name: tuple(src.split(".")) for name, src in member.inputs_from.items()}
+
+    @property
+    def leaves(self) -> list[MemberSpec]:
+        """Members no other member reads from."""
+        fed = {src.split(".")[0] for m in self.members for src in m.inputs_from.values()}
+        return [m for m in self.members if m.name not in fed]
+
+    @property
+    def fused_members(self) -> list[MemberSpec]:
+        """Members whose outputs the fusion step combines, in order."""
+        if self.fusion_kind not in ("classification", "detection"):
+            return []
+        names = self.fusion.members
+        return self.leaves if names is None else [m for n in names if (m := self.model(n)) is not None]
+
     def fused_output(self, member: MemberSpec) -> TensorSpec:
-        wanted = self.fusion.source
+        wanted = getattr(self.fusion, "source", None)
         if wanted is None:
             return member.outputs[0]
         return next(t for t in member.outputs if t.name == wanted)
+
+    def stage_output(self, ref: StageRef) -> TensorSpec | None:
+        """Output a BLS stage answers with, when the stage is a model of this spec."""
+        m = self.model(ref.model)
+        if m is None:
+            return None
+        return m.outputs[0] if ref.output is None else next((t for t in m.outputs if t.name == ref.output), None)
+
+    @property
+    def num_classes(self) -> int | None:
+        if self.fusion_kind == "classification":
+            return self.fused_output(self.fused_members[0]).shape[0]
+        if self.fusion_kind == "bls":
+            outs = [o for r in self.fusion.refs if (o := self.stage_output(r)) is not None]
+            return outs[0].shape[0] if outs else None
+        return None
 
     # ---- cross-field checks
     @model_validator(mode="after")
     def _check_pipeline(self) -> PipelineSpec:
         problems: list[str] = []
         names = [m.name for m in self.all_models]
-        reserved = {self.name, self.fusion_model_name}
+        reserved = {self.name, self.fusion_model_name} - {None}
         for i, name in enumerate(names):
             if names.index(name) != i:
                 problems.append(f"model name '{name}' is used twice (members and baselines)")
             if name in reserved:
                 problems.append(f"model name '{name}' clashes with the pipeline's own models")
-        problems += self._check_members_agree()
         for m in self.all_models:
             if m.max_batch_size is not None and m.max_batch_size < self.serving.max_batch_size:
                 problems.append(
@@ -364,7 +590,6 @@ class PipelineSpec(_Strict):
                     f"serving.max_batch_size {self.serving.max_batch_size}; the ensemble would "
                     "send batches it cannot take"
                 )
-        problems += self._check_precisions()
         too_big = [b for b in self.serving.dynamic_batching.preferred_batch_sizes
                    if b > self.serving.max_batch_size]
         if too_big:
@@ -372,9 +597,146 @@ class PipelineSpec(_Strict):
                 f"serving.dynamic_batching.preferred_batch_sizes {too_big} exceed "
                 f"serving.max_batch_size {self.serving.max_batch_size}"
             )
+        problems += self._check_graph()
+        if not problems:  # the checks below assume a sound graph
+            problems += self._check_precisions()
+            problems += {"classification": self._check_classification, "detection": self._check_detection,
+                         "bls": self._check_bls, "chain": self._check_chain}[self.fusion_kind]()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _check_graph(self) -> list[str]:
+        problems = []
+        roots = [m for m in self.members if not m.inputs_from]
+        if not roots:
+            return ["at least one member must take the pipeline input (no inputs_from)"]
+        first = roots[0]
+        for m in [*roots[1:], *self.baselines]:
+            if m.inputs_from:
+                problems.append(f"baseline '{m.name}' cannot use inputs_from; baselines take the pipeline input")
+            elif [t.signature() for t in m.inputs] != [t.signature() for t in first.inputs]:
+                problems.append(
+                    f"inputs of '{m.name}' ({_describe(m.inputs)}) differ from inputs of "
+                    f"'{first.name}' ({_describe(first.inputs)}); every model fed by the pipeline "
+                    "must take its one input signature"
+                )
+        seen: dict[str, MemberSpec] = {}
+        for m in self.members:
+            for name, (src, out) in self.sources_of(m).items():
+                producer = seen.get(src)
+                if producer is None:
+                    where = "comes later" if self.model(src) else "is not a member"
+                    problems.append(f"'{m.name}'.inputs_from['{name}'] reads '{src}', which {where}; "
+                                    "a chained member reads from members listed before it")
+                    continue
+                tensor = next((t for t in producer.outputs if t.name == out), None)
+                consumer = next(t for t in m.inputs if t.name == name)
+                if tensor is None:
+                    problems.append(f"'{m.name}'.inputs_from['{name}']: '{src}' has no output '{out}' "
+                                    f"(outputs: {', '.join(t.name for t in producer.outputs)})")
+                elif tensor.signature() != consumer.signature():
+                    problems.append(f"'{src}.{out}' produces {tensor.dtype}{list(tensor.shape)} but "
+                                    f"'{m.name}.{name}' expects {consumer.dtype}{list(consumer.shape)}")
+            seen[m.name] = m
+        return problems
+
+    def _fused(self) -> tuple[list[MemberSpec], list[str]]:
+        problems = []
+        names = self.fusion.members or []
+        for n in names:
+            if self.model(n) is None or self.model(n) in self.baselines:
+                problems.append(f"fusion.members names '{n}', which is not a member")
+        if len(set(names)) != len(names):
+            problems.append(f"fusion.members lists a member twice: {names}")
+        return self.fused_members, problems
+
+    def _check_classification(self) -> list[str]:
+        fused, problems = self._fused()
+        f = self.fusion
+        outputs = []
+        for m in fused:
+            if f.source is not None and f.source not in {t.name for t in m.outputs}:
+                problems.append(f"fusion.source '{f.source}' is not an output of '{m.name}' "
+                                f"(outputs: {', '.join(t.name for t in m.outputs)})")
+                continue
+            out = self.fused_output(m)
+            if out.dtype not in FLOAT_DTYPES:
+                problems.append(f"output '{out.name}' of '{m.name}' must be a float tensor to fuse")
+            if len(out.shape) != 1 or out.shape[0] < 1:
+                problems.append(f"output '{out.name}' of '{m.name}' has shape {list(out.shape)}; "
+                                f"{f.type} fusion needs per-sample class scores of shape [classes]")
+            outputs.append((m, out))
+        for m, out in outputs[1:]:
+            ref_m, ref = outputs[0]
+            if out.shape != ref.shape:
+                problems.append(f"output '{out.name}' of '{m.name}' has shape {list(out.shape)} but "
+                                f"'{ref.name}' of '{ref_m.name}' has shape {list(ref.shape)}; "
+                                f"{f.type} fusion needs identical member output shapes")
+        weights = getattr(f, "weights", None)
+        if isinstance(weights, list) and len(weights) != len(fused):
+            problems.append(f"fusion.weights has {len(weights)} values for {len(fused)} fused members")
+        if f.type == "rescore" and len(fused) != 2:
+            problems.append(f"rescore fuses exactly two members (proposer, rescorer), not {len(fused)}; "
+                            "name them in fusion.members")
+        if f.type == "rescore" and outputs and f.top_k > outputs[0][1].shape[0]:
+            problems.append(f"fusion.top_k {f.top_k} exceeds the {outputs[0][1].shape[0]} classes")
+        needs_fit = f.type == "stacking" or (f.type == "weighted_mean" and f.weights == "auto")
+        if needs_fit and (self.data is None or self.data.validation is None or self.data.validation.labels is None):
+            problems.append(f"{f.type} fusion is fitted on data.validation, which needs inputs and labels")
+        return problems
+
+    def _check_detection(self) -> list[str]:
+        fused, problems = self._fused()
+        t = self.fusion.tensors
+        for m in fused:
+            outs = {o.name: o for o in m.outputs}
+            for name, ndim, floating in ((t.boxes, 2, True), (t.scores, 1, True), (t.labels, 1, False),
+                                         (t.count, 1, False)):
+                o = outs.get(name)
+                if o is None:
+                    problems.append(f"detection member '{m.name}' has no output '{name}'")
+                elif len(o.shape) != ndim or (o.dtype in FLOAT_DTYPES) != floating:
+                    kind = "float" if floating else "integer"
+                    problems.append(f"output '{name}' of '{m.name}' must be a {ndim}-D {kind} tensor "
+                                    f"(got {o.dtype}{list(o.shape)})")
+            if t.boxes in outs and outs[t.boxes].shape[-1:] != (4,):
+                problems.append(f"output '{t.boxes}' of '{m.name}' must be [K, 4] (x1, y1, x2, y2)")
+            if t.count in outs and outs[t.count].shape != (1,):
+                problems.append(f"output '{t.count}' of '{m.name}' must have shape [1]")
+        if self.fusion.weights is not None and len(self.fusion.weights) != len(fused):
+            problems.append(f"fusion.weights has {len(self.fusion.weights)} values for {len(fused)} fused members")
+        return problems
+
+    def _check_bls(self) -> list[str]:
+        problems = []
+        own = []
+        for ref in self.fusion.refs:
+            m = self.model(ref.model)
+            if m is None:
+                continue  # a model already in the repository: checked at build time
+            if m.inputs_from:
+                problems.append(f"'{m.name}' takes chained inputs; a {self.fusion.type} stage takes the pipeline input")
+            out = self.stage_output(ref)
+            if out is None:
+                problems.append(f"'{m.name}' has no output '{ref.output}'")
+            elif len(out.shape) != 1 or out.dtype not in FLOAT_DTYPES:
+                problems.append(f"output '{out.name}' of '{m.name}' must be float class scores [classes]")
+            else:
+                own.append((m, out))
+        if not own and not problems:
+            problems.append(f"{self.fusion.type} needs at least one stage that is a model of this spec")
+        for m, out in own[1:]:
+            if out.shape != own[0][1].shape:
+                problems.append(f"'{m.name}' outputs {list(out.shape)} classes but '{own[0][0].name}' "
+                                f"{list(own[0][1].shape)}")
+        return problems
+
+    def _check_chain(self) -> list[str]:
+        name = self.fusion.member
+        if name is not None and (self.model(name) is None or self.model(name) in self.baselines):
+            return [f"fusion.member '{name}' is not a member"]
+        return []
 
     def _check_precisions(self) -> list[str]:
         problems = []
@@ -397,50 +759,6 @@ class PipelineSpec(_Strict):
                             "which needs inputs and labels")
         return problems
 
-    def _check_members_agree(self) -> list[str]:
-        problems = []
-        first = self.members[0]
-        for m in self.all_models[1:]:
-            if [t.signature() for t in m.inputs] != [t.signature() for t in first.inputs]:
-                problems.append(
-                    f"inputs of '{m.name}' ({_describe(m.inputs)}) differ from inputs of "
-                    f"'{first.name}' ({_describe(first.inputs)}); every model must take the "
-                    "pipeline's one input signature"
-                )
-        fused = []
-        for m in self.members:
-            if self.fusion.source is not None and self.fusion.source not in {
-                t.name for t in m.outputs
-            }:
-                problems.append(
-                    f"fusion.source '{self.fusion.source}' is not an output of '{m.name}' "
-                    f"(outputs: {', '.join(t.name for t in m.outputs)})"
-                )
-                continue
-            fused.append((m, self.fused_output(m)))
-        for m, out in fused:
-            if out.dtype not in FLOAT_DTYPES:
-                problems.append(f"output '{out.name}' of '{m.name}' must be a float tensor to fuse")
-            if len(out.shape) != 1 or out.shape[0] < 1:
-                problems.append(
-                    f"output '{out.name}' of '{m.name}' has shape {list(out.shape)}; "
-                    f"{self.fusion.type} fusion needs per-sample class scores of shape [classes]"
-                )
-        if fused:
-            ref_m, ref = fused[0]
-            for m, out in fused[1:]:
-                if out.shape != ref.shape:
-                    problems.append(
-                        f"output '{out.name}' of '{m.name}' has shape {list(out.shape)} but "
-                        f"'{ref.name}' of '{ref_m.name}' has shape {list(ref.shape)}; "
-                        f"{self.fusion.type} fusion needs identical member output shapes"
-                    )
-        return problems
-
-    @property
-    def num_classes(self) -> int:
-        return self.fused_output(self.members[0]).shape[0]
-
 
 def _describe(tensors: list[TensorSpec]) -> str:
     return ", ".join(f"{t.name}:{t.dtype}{list(t.shape)}" for t in tensors)
@@ -448,10 +766,20 @@ def _describe(tensors: list[TensorSpec]) -> str:
 
 # --------------------------------------------------------------------------- loading
 def load_spec(path: str | Path) -> PipelineSpec:
-    """Read, parse and validate a spec file; raise :class:`SpecError` on any problem."""
+    """Read, parse and validate a spec file; raise :class:`SpecError` on any problem.
+
+    ``extends: base.yaml`` (a file in the same folder) starts from that spec: mappings are
+    merged key by key, everything else (lists included) is replaced, and a mapping with a
+    different ``type`` (another fusion) replaces the base's.
+    """
     path = Path(path)
+    raw = _read_yaml(path, chain=())
+    return parse_spec(raw, base_dir=path.parent.resolve(), source=str(path))
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> Any:
     if not path.is_file():
-        raise SpecError(f"spec file not found: {path}")
+        raise SpecError(f"spec file not found: {path}" + (f" (extended by {chain[-1]})" if chain else ""))
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -461,19 +789,32 @@ def load_spec(path: str | Path) -> PipelineSpec:
         raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not a UTF-8 text file") from None
-    return parse_spec(raw, base_dir=path.parent.resolve(), source=str(path))
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return raw
+    base_name = raw.pop("extends")
+    base = path.parent / str(base_name)
+    if not isinstance(base_name, str) or Path(base_name).name != base_name:
+        raise SpecError(f"{path}: extends: '{base_name}' must name a spec file in the same folder")
+    if base.resolve() in {p.resolve() for p in (*chain, path)}:
+        raise SpecError(f"{path}: extends: '{base_name}' makes a cycle")
+    return _merge(_read_yaml(base, (*chain, path)), raw)
+
+
+def _merge(base: Any, update: Any) -> Any:
+    """Deep-merge mappings; a mapping whose ``type`` changes (a fusion) replaces the base."""
+    if isinstance(base, dict) and isinstance(update, dict) and base.get("type", update.get("type")) == update.get(
+            "type", base.get("type")):
+        out = dict(base)
+        for key, value in update.items():
+            out[key] = _merge(base[key], value) if key in base else value
+        return out
+    return update
 
 
 def with_overrides(spec: PipelineSpec, changes: dict[str, Any], source: str = "command line") -> PipelineSpec:
     """A copy of ``spec`` with nested ``changes`` applied, validated again."""
 
-    def merge(base: dict, update: dict) -> dict:
-        out = dict(base)
-        for key, value in update.items():
-            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        return out
-
-    raw = merge(spec.model_dump(mode="json", exclude_unset=True), changes)
+    raw = _merge(spec.model_dump(mode="json", exclude_unset=True), changes)
     return parse_spec(raw, base_dir=Path("/"), source=source)
 
 

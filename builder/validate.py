@@ -43,6 +43,11 @@ class ParityRecord:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ParityRecord:
+        outputs = {k: OutputDiff(**v) for k, v in data.get("outputs", {}).items()}
+        return cls(**{**data, "outputs": outputs})
+
 
 def compare_outputs(
     reference: Mapping[str, np.ndarray],

@@ -1,51 +1,62 @@
-"""Triton Python-backend adapter for a fusion step (copied into the repository as model.py).
+"""Triton Python-backend adapter for an ensemble's fusion step (copied as model.py).
 
-All math lives in ``ops.py`` beside this file. The config parameter ``fusion`` holds the
-JSON parameters: ``type``, ``inputs`` (input tensor names in member order),
-``outputs`` (``{"probabilities": name, "class_index": name}``) and type-specific values.
+The math lives in ``ops.py``; this file only moves tensors. Parameters: config
+``parameters["fusion"]`` (JSON) plus ``params.json`` for fitted coefficients. Requests the
+dynamic batcher groups are fused in one call. Inputs on a GPU stay there (DLPack -> torch).
 """
 
-import importlib.util
-import json
-from pathlib import Path
-
-import numpy as np
+import tritonfleet_serving as serving
 import triton_python_backend_utils as pb_utils
-
-
-def _load_ops():
-    # Load by path so that no installed package called "ops" can shadow the copy.
-    spec = importlib.util.spec_from_file_location("tritonfleet_fusion_ops", Path(__file__).with_name("ops.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.ops = _load_ops()
-        config = json.loads(args["model_config"])
-        self.params = json.loads(config["parameters"]["fusion"]["string_value"])
-        self.inputs = self.params["inputs"]
-        self.outputs = self.params["outputs"]  # fuse() key -> output tensor name
-        self.dtypes = {
-            key: pb_utils.triton_string_to_numpy(
-                pb_utils.get_output_config_by_name(config, name)["data_type"]
-            )
-            for key, name in self.outputs.items()
-        }
+        self.ops = serving.load_ops()
+        _, self.params, self.dtypes = serving.read_params(args, "fusion")
+        self.detection = self.params["type"] == "detection"
+        self.outputs = self.params["outputs"]  # result key -> output tensor name
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                scores = [pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs]
-                fused = self.ops.fuse(self.params, scores)
-                tensors = [
-                    pb_utils.Tensor(name, np.ascontiguousarray(fused[key], dtype=self.dtypes[key]))
-                    for key, name in self.outputs.items()
-                ]
-                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            except self.ops.FusionError as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"fusion: {exc}")))
+        if self.detection or len(requests) == 1:
+            return [self._respond(r) for r in requests]
+        try:  # one fusion call for the whole dynamic batch, split afterwards
+            inputs = [[serving.input_array(r, n) for n in self.params["inputs"]] for r in requests]
+            sizes = [len(i[0]) for i in inputs]
+            joined = [_concat([i[k] for i in inputs]) for k in range(len(self.params["inputs"]))]
+            fused = self.ops.fuse(self.params, joined)
+        except Exception:  # isolate the failing request(s)
+            return [self._respond(r) for r in requests]
+        responses, start = [], 0
+        for size in sizes:
+            part = {key: value[start:start + size] for key, value in fused.items()}
+            responses.append(self._response(part))
+            start += size
         return responses
+
+    def _respond(self, request):
+        try:
+            if self.detection:
+                groups = {role: [serving.input_array(request, n) for n in names]
+                          for role, names in self.params["inputs"].items()}
+                fused = self.ops.fuse_detections(self.params, groups["boxes"], groups["scores"], groups["labels"],
+                                                 groups["count"])
+            else:
+                fused = self.ops.fuse(self.params, [serving.input_array(request, n) for n in self.params["inputs"]])
+            return self._response(fused)
+        except (self.ops.FusionError, ValueError) as exc:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"fusion: {exc}"))
+
+    def _response(self, fused):
+        return pb_utils.InferenceResponse(output_tensors=[
+            serving.output_tensor(name, fused[key], self.dtypes[name]) for key, name in self.outputs.items()
+        ])
+
+
+def _concat(arrays):
+    import numpy as np
+
+    if all(isinstance(a, np.ndarray) for a in arrays):
+        return np.concatenate(arrays)
+    import torch
+
+    return torch.cat(list(arrays))

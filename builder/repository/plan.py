@@ -1,8 +1,14 @@
 """From a spec to the Triton model configs of one pipeline (pure: no I/O, no torch).
 
-Per target, every member and baseline becomes one model, the fusion step a Python-backend
-model and the pipeline itself a ``platform: "ensemble"`` model. The ensemble is identical
-for both targets; only the member models differ:
+Per target, every member and baseline becomes one model per precision variant, and the
+pipeline itself one of three shapes:
+
+* classification / detection fusion: a ``platform: "ensemble"`` that runs the members
+  (chained ones on their producers' outputs) and a Python-backend fusion step;
+* ``none`` (chaining): an ensemble whose outputs are one member's outputs;
+* cascade / route: a Python-backend BLS model that calls the stage models itself.
+
+The pipeline models are identical for both targets; only the member models differ:
 
 * ``ngc``: ``platform: "onnxruntime_onnx"`` (the NGC container's ONNX Runtime backend),
   optionally through ORT's TensorRT execution provider, plus ``platform: "tensorrt_plan"``
@@ -10,22 +16,17 @@ for both targets; only the member models differ:
 * ``local``: ``backend: "python"`` running the same ``model.onnx`` with onnxruntime.
 
 Every precision variant is its own model (``cnn_a``, ``cnn_a_fp16``, ``cnn_a_int8``,
-``cnn_a_trt_fp16``); the ensemble calls the one each member serves.
+``cnn_a_trt_fp16``); the pipeline calls the one each member serves.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from builder.repository.config import (
-    DynamicBatchingConfig,
-    EnsembleStep,
-    ModelConfig,
-    TensorConfig,
-)
-from builder.specs import MemberSpec, PipelineSpec
+from builder.repository.config import DynamicBatchingConfig, EnsembleStep, ModelConfig, TensorConfig
+from builder.specs import MemberSpec, PipelineSpec, TensorSpec
 
 TARGETS = ("local", "ngc")
 ONNX_FILE = "model.onnx"
@@ -35,15 +36,20 @@ TRT_PRECISION_MODE = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
 
 @dataclass(frozen=True)
 class ModelPlan:
-    kind: str  # "member" | "baseline" | "fusion" | "ensemble"
+    kind: str  # "member" | "baseline" | "fusion" | "ensemble" | "pipeline"
     config: ModelConfig
     member: str | None = None
     precision: str | None = None
-    format: str = "onnx"  # "onnx" | "plan" (TensorRT engine) | "python"
+    format: str = "onnx"  # "onnx" | "plan" | "python" (fusion) | "ensemble" | "bls"
 
-    @property
-    def artifact_key(self) -> str:
-        return f"{self.format}:{self.member}:{self.precision}"
+
+@dataclass(frozen=True)
+class ExternalModel:
+    """A model already in the repository that a BLS pipeline calls (e.g. an ensemble)."""
+
+    name: str
+    inputs: tuple[TensorConfig, ...]
+    outputs: tuple[TensorConfig, ...]
 
 
 def variant_name(member: MemberSpec | str, precision: str, fmt: str = "onnx") -> str:
@@ -65,11 +71,16 @@ def _batching(spec: PipelineSpec) -> DynamicBatchingConfig | None:
     return DynamicBatchingConfig(tuple(db.preferred_batch_sizes), db.max_queue_delay_microseconds)
 
 
+def _tensors(specs: Sequence[TensorSpec]) -> tuple[TensorConfig, ...]:
+    return tuple(TensorConfig.from_spec(t) for t in specs)
+
+
+# --------------------------------------------------------------------------- member models
 def member_config(spec: PipelineSpec, member: MemberSpec, target: str, precision: str = "fp32") -> ModelConfig:
     common = dict(
         name=variant_name(member, precision),
-        inputs=tuple(TensorConfig.from_spec(t) for t in member.inputs),
-        outputs=tuple(TensorConfig.from_spec(t) for t in member.outputs),
+        inputs=_tensors(member.inputs),
+        outputs=_tensors(member.outputs),
         max_batch_size=spec.max_batch_size_of(member),
         instance_count=spec.instances_of(member),
         instance_kind=_instance_kind(spec, target),
@@ -86,22 +97,13 @@ def member_config(spec: PipelineSpec, member: MemberSpec, target: str, precision
                     "max_workspace_size_bytes": str(spec.tensorrt.workspace_mb << 20),
                 },
             }]}}
-        return ModelConfig(
-            platform="onnxruntime_onnx",
-            default_model_filename=ONNX_FILE,
-            parameters={"intra_op_thread_count": threads},
-            optimization=optimization,
-            **common,
-        )
+        return ModelConfig(platform="onnxruntime_onnx", default_model_filename=ONNX_FILE,
+                           parameters={"intra_op_thread_count": threads}, optimization=optimization, **common)
     if target == "local":
         return ModelConfig(
             backend="python",
-            parameters={
-                "onnx_file": ONNX_FILE,
-                "intra_op_threads": threads,
-                "device": spec.device_for(target),
-                "precision": precision,
-            },
+            parameters={"onnx_file": ONNX_FILE, "intra_op_threads": threads,
+                        "device": spec.device_for(target), "precision": precision},
             **common,
         )
     raise ValueError(f"unknown target '{target}' (use one of {', '.join(TARGETS)})")
@@ -120,92 +122,178 @@ def engine_config(spec: PipelineSpec, member: MemberSpec, precision: str) -> Mod
     """``platform: "tensorrt_plan"``; max_batch_size is the profile's max, never more."""
     profile = engine_profile(spec, member)
     return ModelConfig(
-        name=variant_name(member, precision, "plan"),
-        platform="tensorrt_plan",
-        default_model_filename=PLAN_FILE,
-        inputs=tuple(TensorConfig.from_spec(t) for t in member.inputs),
-        outputs=tuple(TensorConfig.from_spec(t) for t in member.outputs),
-        max_batch_size=profile.max,
-        instance_count=spec.instances_of(member),
-        instance_kind="KIND_GPU",
-        dynamic_batching=_batching(spec),
+        name=variant_name(member, precision, "plan"), platform="tensorrt_plan", default_model_filename=PLAN_FILE,
+        inputs=_tensors(member.inputs), outputs=_tensors(member.outputs), max_batch_size=profile.max,
+        instance_count=spec.instances_of(member), instance_kind="KIND_GPU", dynamic_batching=_batching(spec),
     )
 
 
-def fusion_inputs(spec: PipelineSpec) -> list[TensorConfig]:
-    return [
-        TensorConfig(f"scores_{i}", spec.fused_output(m).dtype, tuple(spec.fused_output(m).shape))
-        for i, m in enumerate(spec.members)
-    ]
+# --------------------------------------------------------------------------- fusion step
+def fusion_inputs(spec: PipelineSpec) -> list[tuple[MemberSpec, str, TensorConfig]]:
+    """(member, member output, fusion input) for every tensor the fusion step reads."""
+    out = []
+    if spec.fusion_kind == "classification":
+        for i, m in enumerate(spec.fused_members):
+            t = spec.fused_output(m)
+            out.append((m, t.name, TensorConfig(f"scores_{i}", t.dtype, tuple(t.shape))))
+    else:
+        names = spec.fusion.tensors
+        for i, m in enumerate(spec.fused_members):
+            outs = {t.name: t for t in m.outputs}
+            for role in ("boxes", "scores", "labels", "count"):
+                t = outs[getattr(names, role)]
+                out.append((m, t.name, TensorConfig(f"{role}_{i}", t.dtype, tuple(t.shape))))
+    return out
 
 
-def fusion_config(spec: PipelineSpec) -> ModelConfig:
+def fusion_params(spec: PipelineSpec, fitted: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """JSON parameters of the fusion step (what ``ops.fuse``/``fuse_detections`` read)."""
     f = spec.fusion
-    classes = spec.num_classes
-    inputs = fusion_inputs(spec)
-    params = f.model_dump(mode="json", exclude={"outputs", "source"})
-    params["inputs"] = [t.name for t in inputs]
-    params["outputs"] = {"probabilities": f.outputs.probabilities, "class_index": f.outputs.class_index}
+    inputs = [cfg.name for _, _, cfg in fusion_inputs(spec)]
+    if spec.fusion_kind == "classification":
+        params = f.model_dump(mode="json", exclude={"outputs", "source", "members", "regularization", "max_iter",
+                                                     "metric"})
+        params["inputs"] = inputs
+        params["outputs"] = {"probabilities": f.outputs.probabilities, "class_index": f.outputs.class_index}
+    else:
+        params = f.model_dump(mode="json", exclude={"members", "tensors"})
+        n = len(spec.fused_members)
+        params["inputs"] = {role: [f"{role}_{i}" for i in range(n)] for role in ("boxes", "scores", "labels", "count")}
+        params["outputs"] = {role: getattr(f.tensors, role) for role in ("boxes", "scores", "labels", "count")}
+    params.update(fitted or {})
+    return params
+
+
+def fusion_config(spec: PipelineSpec, fitted: Mapping[str, Any] | None = None) -> ModelConfig:
+    f = spec.fusion
+    if spec.fusion_kind == "classification":
+        classes = spec.num_classes
+        outputs = (TensorConfig(f.outputs.probabilities, "float32", (classes,)),
+                   TensorConfig(f.outputs.class_index, "int64", (1,)))
+    else:
+        k, t = f.max_detections, f.tensors
+        outputs = (TensorConfig(t.boxes, "float32", (k, 4)), TensorConfig(t.scores, "float32", (k,)),
+                   TensorConfig(t.labels, "int64", (k,)), TensorConfig(t.count, "int64", (1,)))
+    params = fusion_params(spec, fitted)
+    # file-backed parameters (stacking coefficients) live in params.json beside model.py
+    inline = {k: v for k, v in params.items() if k not in ("coef", "intercept")}
     return ModelConfig(
-        name=spec.fusion_model_name,
-        backend="python",
-        inputs=tuple(inputs),
-        outputs=(
-            TensorConfig(f.outputs.probabilities, "float32", (classes,)),
-            TensorConfig(f.outputs.class_index, "int64", (1,)),
-        ),
-        max_batch_size=spec.serving.max_batch_size,
-        instance_count=spec.serving.instances,
-        instance_kind="KIND_CPU",
-        dynamic_batching=_batching(spec),
-        parameters={"fusion": json.dumps(params, sort_keys=True)},
+        name=spec.fusion_model_name, backend="python",
+        inputs=tuple(cfg for _, _, cfg in fusion_inputs(spec)), outputs=outputs,
+        max_batch_size=spec.serving.max_batch_size, instance_count=spec.serving.instances, instance_kind="KIND_CPU",
+        dynamic_batching=_batching(spec), parameters={"fusion": json.dumps(inline, sort_keys=True)},
     )
 
 
-def ensemble_config(spec: PipelineSpec, fusion: ModelConfig, served: dict[str, str] | None = None) -> ModelConfig:
-    """The ensemble: members in parallel on the pipeline input, then the fusion step.
+# --------------------------------------------------------------------------- pipeline model
+def _tensor_name(member: str, output: str) -> str:
+    return f"{member}__{output}"
 
-    ``served`` maps member name -> the model name (precision variant) the ensemble calls.
-    """
-    served = served or {}
-    first = spec.members[0]
-    inputs = tuple(TensorConfig.from_spec(t) for t in first.inputs)
+
+def _needed_members(spec: PipelineSpec, targets: Sequence[MemberSpec]) -> list[MemberSpec]:
+    """``targets`` and every member they read from, in spec order."""
+    needed = {m.name for m in targets}
+    for m in reversed(spec.members):
+        if m.name in needed:
+            needed |= {src for src, _ in spec.sources_of(m).values()}
+    return [m for m in spec.members if m.name in needed]
+
+
+def ensemble_config(spec: PipelineSpec, served: Mapping[str, str], fusion: ModelConfig | None) -> ModelConfig:
+    """The ensemble: member steps (chained ones on their producers' outputs), then the
+    fusion step, or for ``type: none`` the chosen member's outputs as the ensemble's."""
+    inputs = _tensors(spec.inputs)
+    if fusion is not None:
+        wanted = fusion_inputs(spec)
+        consumed = {(m.name, out) for m, out, _ in wanted}
+        last = spec.fused_members
+    else:
+        out_member = spec.model(spec.fusion.member) if spec.fusion.member else spec.members[-1]
+        consumed = {(out_member.name, t.name) for t in out_member.outputs}
+        last = [out_member]
+    members = _needed_members(spec, last)
+    for m in members:
+        consumed |= set(spec.sources_of(m).values())
+
     steps = []
-    for i, m in enumerate(spec.members):
-        out = spec.fused_output(m)
+    for m in members:
+        sources = spec.sources_of(m)
+        input_map = {t.name: _tensor_name(*sources[t.name]) if t.name in sources else inputs[i].name
+                     for i, t in enumerate(m.inputs)}
+        output_map = {t.name: _tensor_name(m.name, t.name) for t in m.outputs if (m.name, t.name) in consumed}
+        if fusion is None and m is last[0]:
+            output_map.update({t.name: t.name for t in m.outputs})
+        steps.append(EnsembleStep(served.get(m.name, m.name), input_map, output_map))
+    if fusion is not None:
         steps.append(EnsembleStep(
-            model_name=served.get(m.name, m.name),
-            input_map={t.name: inputs[j].name for j, t in enumerate(m.inputs)},
-            output_map={out.name: f"{m.name}__{out.name}"},
+            fusion.name,
+            {cfg.name: _tensor_name(m.name, out) for m, out, cfg in fusion_inputs(spec)},
+            {t.name: t.name for t in fusion.outputs},
         ))
-    steps.append(EnsembleStep(
-        model_name=fusion.name,
-        input_map={f"scores_{i}": f"{m.name}__{spec.fused_output(m).name}" for i, m in enumerate(spec.members)},
-        output_map={t.name: t.name for t in fusion.outputs},
-    ))
+        outputs = fusion.outputs
+    else:
+        outputs = _tensors(last[0].outputs)
+    return ModelConfig(name=spec.name, platform="ensemble", inputs=inputs, outputs=outputs,
+                       max_batch_size=spec.serving.max_batch_size, instance_kind=None, ensemble_steps=tuple(steps))
+
+
+def bls_params(spec: PipelineSpec, served: Mapping[str, str],
+               external: Mapping[str, ExternalModel]) -> dict[str, Any]:
+    """JSON parameters of a cascade/route BLS model: which models it calls, how."""
+    f = spec.fusion
+
+    def stage(ref) -> dict[str, Any]:
+        own = spec.stage_output(ref)
+        if own is not None:
+            output, inputs = own.name, [t.name for t in spec.model(ref.model).inputs]
+        else:
+            ext = external[ref.model]
+            output, inputs = ref.output or ext.outputs[0].name, [t.name for t in ext.inputs]
+        return {"model": served.get(ref.model, ref.model), "version": ref.version, "inputs": inputs,
+                "output": output, "activation": ref.activation}
+
+    params: dict[str, Any] = {"type": f.type, "inputs": [t.name for t in spec.inputs],
+                              "outputs": {"probabilities": f.outputs.probabilities,
+                                          "class_index": f.outputs.class_index}}
+    if f.type == "cascade":
+        params.update(stages=[stage(r) for r in f.stages], thresholds=list(f.thresholds),
+                      stage_output=f.stage_output)
+    else:
+        params.update(current=stage(f.current), candidate=stage(f.candidate), candidate_fraction=f.candidate_fraction,
+                      shadow=f.shadow, fallback=f.fallback, route_output=f.route_output)
+    return params
+
+
+def bls_config(spec: PipelineSpec, served: Mapping[str, str], external: Mapping[str, ExternalModel]) -> ModelConfig:
+    f = spec.fusion
+    extra = f.stage_output if f.type == "cascade" else f.route_output
     return ModelConfig(
-        name=spec.name,
-        platform="ensemble",
-        inputs=inputs,
-        outputs=fusion.outputs,
-        max_batch_size=spec.serving.max_batch_size,
-        instance_kind=None,
-        ensemble_steps=tuple(steps),
+        name=spec.name, backend="python", inputs=_tensors(spec.inputs),
+        outputs=(TensorConfig(f.outputs.probabilities, "float32", (spec.num_classes,)),
+                 TensorConfig(f.outputs.class_index, "int64", (1,)), TensorConfig(extra, "int64", (1,))),
+        max_batch_size=spec.serving.max_batch_size, instance_count=spec.serving.instances, instance_kind="KIND_CPU",
+        dynamic_batching=_batching(spec),
+        parameters={"pipeline": json.dumps(bls_params(spec, served, external), sort_keys=True)},
     )
 
 
+# --------------------------------------------------------------------------- everything
 def plan_pipeline(
     spec: PipelineSpec,
     target: str,
     built: Mapping[str, Sequence[str]] | None = None,
     served: Mapping[str, str] | None = None,
     engines: Mapping[str, Sequence[str]] | None = None,
+    fitted: Mapping[str, Any] | None = None,
+    external: Mapping[str, ExternalModel] | None = None,
 ) -> list[ModelPlan]:
-    """Every model of the pipeline for ``target``, members first, ensemble last.
+    """Every model of the pipeline for ``target``, members first, the pipeline model last.
 
     ``built``: member -> precisions whose ONNX variant exists (default: all requested);
-    ``served``: member -> precision the ensemble calls (default fp32);
-    ``engines``: member -> precisions with a TensorRT engine (ngc only).
+    ``served``: member -> precision the pipeline calls (default fp32);
+    ``engines``: member -> precisions with a TensorRT engine (ngc only);
+    ``fitted``: fusion parameters fitted at build time (auto weights, stacking);
+    ``external``: models already in the repository that BLS stages call.
     """
     plans = []
     for m in spec.all_models:
@@ -214,8 +302,14 @@ def plan_pipeline(
             plans.append(ModelPlan(kind, member_config(spec, m, target, precision), m.name, precision))
         for precision in (engines or {}).get(m.name, ()):
             plans.append(ModelPlan(kind, engine_config(spec, m, precision), m.name, precision, "plan"))
-    fusion = fusion_config(spec)
-    plans.append(ModelPlan("fusion", fusion, format="python"))
     names = {m.name: variant_name(m, (served or {}).get(m.name, "fp32")) for m in spec.members}
-    plans.append(ModelPlan("ensemble", ensemble_config(spec, fusion, names), format="ensemble"))
+    if spec.fusion_kind in ("classification", "detection"):
+        fusion = fusion_config(spec, fitted)
+        plans.append(ModelPlan("fusion", fusion, format="python"))
+        plans.append(ModelPlan("ensemble", ensemble_config(spec, names, fusion), format="ensemble"))
+    elif spec.fusion_kind == "chain":
+        plans.append(ModelPlan("ensemble", ensemble_config(spec, names, None), format="ensemble"))
+    else:
+        names.update({m.name: variant_name(m, (served or {}).get(m.name, "fp32")) for m in spec.baselines})
+        plans.append(ModelPlan("pipeline", bls_config(spec, names, external or {}), format="bls"))
     return plans

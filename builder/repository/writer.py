@@ -2,10 +2,16 @@
 
 Everything is first written into a staging folder beside the repository
 (``.<repo>.staging-*``, on the same filesystem). Only :meth:`RepositoryWriter.commit`
-touches the repository: it swaps each model folder in with a rename and rewrites
-``manifest.json`` atomically. An error before commit removes the staging folder and
-leaves the repository byte-identical. Models of other pipelines, and folders tritonfleet
-did not write, are never overwritten.
+touches the repository: it swaps each changed model folder in with a rename and rewrites
+``manifest.json`` atomically. An error before commit removes the staging folder and leaves
+the repository byte-identical.
+
+Several pipelines may share a model (the same member in a mean and a vote ensemble): the
+manifest lists each model's ``owners``. A model whose config and files are byte-identical
+to what is there is left untouched (a live server sees no change) and gains an owner; a
+model another pipeline owns is never changed, and a folder tritonfleet did not write is
+never overwritten. Models a pipeline no longer has lose that owner and are removed when
+nobody owns them.
 """
 
 from __future__ import annotations
@@ -14,15 +20,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from builder.errors import RepositoryError
-from builder.repository.manifest import (
-    MANIFEST,
-    hash_tree,
-    read_manifest,
-    write_json_atomic,
-)
+from builder.repository.manifest import MANIFEST, hash_tree, read_manifest, write_json_atomic
 from builder.repository.plan import ModelPlan
 
 CONFIG = "config.pbtxt"
@@ -76,61 +77,76 @@ class RepositoryWriter:
             else:
                 shutil.copyfile(src, dest)
         self.models[name] = {
-            "pipeline": self.pipeline,
             "kind": plan.kind,
             "member": plan.member,
             "precision": plan.precision,
+            "format": plan.format,
             "version": version,
             **dict(record or {}),
         }
         return version_dir
 
-    # ------------------------------------------------------------------ commit
-    def check_names(self, names: list[str]) -> None:
-        """Raise before any work if committing ``names`` would overwrite foreign models."""
-        self._raise_on_conflicts(read_manifest(self.repo), names)
+    # ------------------------------------------------------------------ ownership
+    def check_names(self, names: Iterable[str]) -> None:
+        """Before any work: refuse names whose folders tritonfleet did not write."""
+        manifest = read_manifest(self.repo)
+        self._raise([f"folder '{self.repo / n}' exists and was not written by tritonfleet"
+                     for n in names if n not in manifest["models"] and (self.repo / n).exists()])
 
-    def _raise_on_conflicts(self, manifest: dict[str, Any], names) -> None:
-        problems = []
-        for name in names:
-            existing = self.repo / name
-            owner = manifest["models"].get(name, {}).get("pipeline")
-            if owner is not None and owner != self.pipeline:
-                problems.append(f"model '{name}' already belongs to pipeline '{owner}'")
-            elif owner is None and existing.exists():
-                problems.append(f"folder '{existing}' exists and was not written by tritonfleet")
+    def _raise(self, problems: list[str]) -> None:
         if problems:
             raise RepositoryError(
-                f"refusing to overwrite in {self.repo}:\n"
-                + "\n".join(f"  - {p}" for p in problems)
+                f"refusing to overwrite in {self.repo}:\n" + "\n".join(f"  - {p}" for p in problems)
                 + "\nRename the models in the spec or choose another output_dir."
             )
 
+    # ------------------------------------------------------------------ commit
     def commit(self, pipeline_record: Mapping[str, Any]) -> list[str]:
-        """Move staged models into the repository; return the names of removed stale models."""
+        """Move changed models into the repository; return the names of removed models."""
         assert self.staging is not None
         manifest = read_manifest(self.repo)
-        self._raise_on_conflicts(manifest, self.models)
+        problems, unchanged = [], set()
         for name, record in self.models.items():
             record["files"] = hash_tree(self.model_dir(name))
+            old = manifest["models"].get(name)
+            if old is None:
+                if (self.repo / name).exists():
+                    problems.append(f"folder '{self.repo / name}' exists and was not written by tritonfleet")
+                continue
+            others = [o for o in old.get("owners", []) if o != self.pipeline]
+            same = old.get("files") == record["files"] and (self.repo / name).is_dir()
+            if same:
+                unchanged.add(name)
+            elif others:
+                problems.append(
+                    f"model '{name}' is shared with pipeline {', '.join(others)} and would change "
+                    "(different checkpoint, precision or serving settings)"
+                )
+        self._raise(problems)
 
         self.repo.mkdir(parents=True, exist_ok=True)
         trash = self.staging / ".replaced"
         trash.mkdir()
-        stale = [
-            name for name, rec in manifest["models"].items()
-            if rec.get("pipeline") == self.pipeline and name not in self.models
-        ]
-        for name in stale:
-            if (self.repo / name).exists():
-                os.rename(self.repo / name, trash / name)
-            del manifest["models"][name]
-        for name in self.models:
+        removed = []
+        for name, rec in list(manifest["models"].items()):
+            if self.pipeline in rec.get("owners", []) and name not in self.models:
+                rec["owners"] = [o for o in rec["owners"] if o != self.pipeline]
+                if not rec["owners"]:
+                    if (self.repo / name).exists():
+                        os.rename(self.repo / name, trash / name)
+                    del manifest["models"][name]
+                    removed.append(name)
+        for name, record in self.models.items():
+            old = manifest["models"].get(name, {})
+            owners = sorted({*old.get("owners", []), self.pipeline})
+            if name in unchanged:
+                manifest["models"][name] = {**old, **record, "owners": owners}
+                continue
             dest = self.repo / name
             if dest.exists():
                 os.rename(dest, trash / name)
             os.rename(self.model_dir(name), dest)
-        manifest["models"].update(self.models)
+            manifest["models"][name] = {**record, "owners": owners}
         manifest["pipelines"][self.pipeline] = {**pipeline_record, "models": sorted(self.models)}
         write_json_atomic(self.repo / MANIFEST, manifest)
-        return stale
+        return removed

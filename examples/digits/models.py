@@ -59,3 +59,35 @@ class LargeDigitsCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+class DigitsBackbone(nn.Module):
+    """Feature extractor for chaining: conv features -> ``hidden`` ReLU features."""
+
+    def __init__(self, width: int = 16, hidden: int = 64):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(2 * width * 16, hidden), nn.ReLU(),
+        )
+
+    def forward(self, x):
+        return self.features(x)
+
+
+class DigitsHead(nn.Module):
+    """Classifier head on backbone features: linear, or a small MLP when ``mlp`` > 0."""
+
+    def __init__(self, hidden: int = 64, num_classes: int = 10, mlp: int = 0, dropout: float = 0.1):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        if mlp:
+            layers += [nn.Linear(hidden, mlp), nn.ReLU(), nn.Linear(mlp, num_classes)]
+        else:
+            layers += [nn.Linear(hidden, num_classes)]
+        self.classifier = nn.Sequential(*layers)
+
+    def forward(self, features):
+        return self.classifier(features)

@@ -1,0 +1,1 @@
+"""Detection fusion example: toy detectors with padded, variable-count outputs."""
