@@ -391,6 +391,9 @@ class Serving(_Strict):
     device: Literal["auto", "cpu", "gpu"] = "auto"  # auto: cpu for local, gpu for ngc
     dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching)
     onnxruntime_threads: int = Field(default=1, ge=0, le=256)  # 0: onnxruntime decides
+    # gpu: member outputs reach the fusion step on the device (DLPack) and the math runs
+    # there in torch; needs torch in the server's Python. cpu: Triton copies them to host.
+    fusion_device: Literal["cpu", "gpu"] = "cpu"
 
 
 # --------------------------------------------------------------------------- data

@@ -109,6 +109,22 @@ class TritonClient:
             )
         return self._meta[model]
 
+    def load_model(self, model: str, timeout: float = 60.0) -> None:
+        """Load (or reload) a model; the server must run with explicit model control."""
+        try:
+            self._client.load_model(model)
+        except self._module.InferenceServerException as exc:
+            raise ServerError(f"cannot load model '{model}' at {self.url}: {exc.message()}") from None
+        self._meta.pop(model, None)
+        self.wait_ready([model], timeout)
+
+    def unload_model(self, model: str) -> None:
+        try:
+            self._client.unload_model(model)
+        except self._module.InferenceServerException as exc:
+            raise ServerError(f"cannot unload model '{model}' at {self.url}: {exc.message()}") from None
+        self._meta.pop(model, None)
+
     def statistics(self, model: str = "") -> list[dict]:
         stats = self._client.get_inference_statistics(model, **self._json_kw())
         return stats.get("model_stats", [])

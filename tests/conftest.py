@@ -1,10 +1,11 @@
-"""Shared fixtures: trained digits models, built repositories and a real tritonserver.
+"""Shared fixtures: trained example models, built repositories and a real tritonserver.
 
-Everything heavy is session-scoped and built once: the four example CNNs are trained
-into a temporary folder (seconds), the committed ``ensemble_configs/digits.yaml`` is
-rewritten to point there, and repositories are built from it for both targets. The
-``triton`` fixture runs the real tritonserver from nvidia-pytriton on free ports; when a
-test using it fails, the server log's tail is attached to the report.
+Everything heavy is session-scoped and built once: the example models are trained into a
+temporary folder (seconds), the committed ``ensemble_configs/*.yaml`` are copied with their
+files pointed there, and *all* of them are built into one local repository (pipelines share
+their members), which one real tritonserver serves (``triton``; explicit model control, all
+models loaded). ``digits.yaml`` is also built for the ngc target. When a test using a server
+fails, the server log's tail is attached to the report.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DIGITS_SPEC = ROOT / "ensemble_configs" / "digits.yaml"
+SPECS = ROOT / "ensemble_configs"
+DIGITS_SPEC = SPECS / "digits.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -61,34 +63,63 @@ def spec_factory(artifacts, tmp_path):
     return make
 
 
-def _build(tmp_path_factory, artifacts, target: str):
+@pytest.fixture(scope="session")
+def detection_artifacts(tmp_path_factory) -> Path:
+    from examples.detection.make import ensure_models
+
+    return ensure_models(tmp_path_factory.mktemp("detection-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def example_specs(tmp_path_factory, artifacts, detection_artifacts) -> Path:
+    """Folder with every committed spec, its files pointed at the test artifacts."""
+    folder = tmp_path_factory.mktemp("ensemble_configs")
+    repo = folder.parent / f"{folder.name}-repository"
+    for spec in SPECS.glob("*.yaml"):
+        text = (spec.read_text().replace("../examples/digits/artifacts/", f"{artifacts}/")
+                .replace("../examples/detection/artifacts/", f"{detection_artifacts}/")
+                .replace("../model_repository", str(repo)))
+        (folder / spec.name).write_text(text)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def repository(example_specs) -> dict:
+    """pipeline name -> (spec, BuildResult) of every example spec, all in one repository."""
     from builder.build import build
     from builder.specs import load_spec
 
-    root = tmp_path_factory.mktemp(f"repo-{target}")
-    spec_path = write_spec(root / "digits.yaml", digits_spec_dict(artifacts, root / "model_repository"))
-    spec = load_spec(spec_path)
-    return spec, build(spec, target=target, spec_path=spec_path, progress=False)
+    order = ["digits.yaml", *sorted(p.name for p in example_specs.glob("*.yaml") if p.name != "digits.yaml")]
+    built = {}
+    for name in order:
+        spec = load_spec(example_specs / name)
+        built[spec.name] = (spec, build(spec, spec_path=example_specs / name, progress=False))
+    return built
 
 
 @pytest.fixture(scope="session")
-def local_build(tmp_path_factory, artifacts):
-    return _build(tmp_path_factory, artifacts, "local")
+def local_build(repository):
+    return repository["digits"]
 
 
 @pytest.fixture(scope="session")
-def ngc_build(tmp_path_factory, artifacts):
-    return _build(tmp_path_factory, artifacts, "ngc")
+def ngc_build(tmp_path_factory, example_specs):
+    from builder.build import build
+    from builder.specs import load_spec
+
+    spec = load_spec(example_specs / "digits.yaml")
+    out = tmp_path_factory.mktemp("repo-ngc") / "model_repository"
+    return spec, build(spec, target="ngc", output_dir=out, spec_path=example_specs / "digits.yaml", progress=False)
 
 
 @pytest.fixture(scope="session")
 def triton(local_build, tmp_path_factory):
-    """The real tritonserver serving the local digits repository."""
+    """The real tritonserver serving every example pipeline (explicit model control)."""
     from clients.server import TritonServer
 
     _, result = local_build
     log = tmp_path_factory.mktemp("server") / "tritonserver.log"
-    with TritonServer(result.repository, log_path=log) as server:
+    with TritonServer(result.repository, log_path=log, model_control_mode="explicit") as server:
         yield server
 
 
@@ -105,6 +136,9 @@ def torch_models(local_build):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    server = item.funcargs.get("triton") if hasattr(item, "funcargs") else None
-    if report.when == "call" and report.failed and server is not None:
-        report.sections.append(("tritonserver log (tail)", server.logs(tail=80)))
+    from clients.server import TritonServer
+
+    if report.when == "call" and report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, TritonServer):
+                report.sections.append(("tritonserver log (tail)", value.logs(tail=80)))

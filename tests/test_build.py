@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.build import FUSION_OPS_FILE, RUNNER_FILE, build
+from builder.build import FUSION_OPS_FILE, RUNNER_FILE, SERVING_FILE, build
 from builder.errors import ConversionError, RepositoryError
 from builder.repository.config import parse_pbtxt, tensors_of
 from builder.repository.manifest import hash_tree, sha256_file
@@ -24,7 +24,8 @@ def test_every_config_parses_with_expected_fields(which, request):
     configs = _configs(result.repository)
     members = [m.name for m in spec.members]
     variants = [f"{m}{suffix}" for m in [*members, "cnn_large"] for suffix in ("", "_fp16", "_int8")]
-    assert set(configs) == {*variants, "digits_fusion", "digits"}
+    assert {p.config.name for p in result.models} == {*variants, "digits_fusion", "digits"}
+    assert set(configs) >= {*variants, "digits_fusion", "digits"}
 
     for name in variants:
         cfg = configs[name]
@@ -82,6 +83,7 @@ def test_version_folders_hold_self_contained_artifacts(local_build, ngc_build):
         assert (repo / "digits" / "1").is_dir() and not any((repo / "digits" / "1").iterdir())
     repo = local_build[1].repository
     assert (repo / "digits_fusion" / "1" / "ops.py").read_bytes() == FUSION_OPS_FILE.read_bytes()
+    assert (repo / "digits_fusion" / "1" / SERVING_FILE.name).read_bytes() == SERVING_FILE.read_bytes()
     assert (repo / "cnn_small_a" / "1" / "model.py").read_bytes() == RUNNER_FILE.read_bytes()
 
 
@@ -89,12 +91,13 @@ def test_manifest_records_hashes_parity_and_tools(local_build):
     spec, result = local_build
     repo = result.repository
     manifest = json.loads((repo / "manifest.json").read_text())
-    assert set(manifest["pipelines"]) == {"digits"}
     pipe = manifest["pipelines"]["digits"]
+    assert set(pipe["models"]) == {p.config.name for p in result.models}
     assert pipe["target"] == "local" and pipe["spec"]["name"] == "digits"
     assert {"torch", "onnx", "onnxruntime", "tritonclient"} <= set(pipe["tools"])
     for name, record in manifest["models"].items():
         assert record["files"] == hash_tree(repo / name), name
+        assert record["owners"], name
     for m in spec.all_models:
         for precision in ("fp32", "fp16", "int8"):
             name = m.name if precision == "fp32" else f"{m.name}_{precision}"

@@ -23,7 +23,7 @@ def test_every_model_is_ready(triton, local_build):
     with triton.client("http") as client:
         states = client.models()
         expected = {p.config.name for p in result.models}
-        assert set(states) == expected
+        assert expected <= set(states)
         assert all(state == "READY" for state in states.values()), states
         for name in expected:
             assert client.is_ready(name)

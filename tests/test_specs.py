@@ -145,3 +145,88 @@ def test_spec_must_be_a_mapping(tmp_path):
         load_spec(path)
     with pytest.raises(SpecError, match="spec file not found"):
         load_spec(tmp_path / "absent.yaml")
+
+
+# --------------------------------------------------------------------------- fusion types
+def _chain_member(name: str, source: str, width: int = 64) -> dict:
+    return {
+        "name": name,
+        "model": {"architecture": "examples.digits.models:DigitsHead", "checkpoint": "/etc/hostname"},
+        "inputs": [{"name": "features", "dtype": "float32", "shape": [width]}],
+        "inputs_from": {"features": source},
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": [10]}],
+    }
+
+
+def _backbone() -> dict:
+    m = _member("backbone")
+    m["outputs"] = [{"name": "features", "dtype": "float32", "shape": [64]}]
+    return m
+
+
+def test_chained_members_are_checked_at_both_ends():
+    spec = parse_spec(_spec(members=[_backbone(), _chain_member("head", "backbone.features")]), base_dir=Path("/"))
+    assert [m.name for m in spec.fused_members] == ["head"] and spec.inputs[0].name == "image"
+    msg = _error(_spec(members=[_backbone(), _chain_member("head", "backbone.features", width=32)]))
+    assert "'backbone.features' produces float32[64] but 'head.features' expects float32[32]" in msg
+    msg = _error(_spec(members=[_chain_member("head", "backbone.features"), _backbone()]))
+    assert "reads 'backbone', which comes later" in msg
+    msg = _error(_spec(members=[_backbone(), _chain_member("head", "backbone.feats")]))
+    assert "'backbone' has no output 'feats' (outputs: features)" in msg
+    msg = _error(_spec(members=[_backbone(), _chain_member("head", "nobody.features")]))
+    assert "reads 'nobody', which is not a member" in msg
+
+
+@pytest.mark.parametrize("fusion, expected", [
+    ({"type": "weighted_mean", "weights": [1, 2, 3]}, "fusion.weights has 3 values for 2 fused members"),
+    ({"type": "weighted_mean", "weights": [1, -2]}, "weights must be finite, >= 0 and not all zero"),
+    ({"type": "vote", "weights": [0, 0]}, "weights must be finite, >= 0 and not all zero"),
+    ({"type": "rescore", "members": ["a"]}, "rescore fuses exactly two members"),
+    ({"type": "rescore", "top_k": 11}, "fusion.top_k 11 exceeds the 10 classes"),
+    ({"type": "mean", "members": ["a", "zz"]}, "fusion.members names 'zz', which is not a member"),
+    ({"type": "stacking"}, "stacking fusion is fitted on data.validation"),
+    ({"type": "cascade", "stages": [{"model": "a"}, {"model": "b"}], "thresholds": [0.9, 0.5]},
+     "2 stages need 1 thresholds"),
+    ({"type": "cascade", "stages": [{"model": "x"}, {"model": "y"}], "thresholds": [0.9]},
+     "cascade needs at least one stage that is a model of this spec"),
+    ({"type": "route", "current": {"model": "a"}, "candidate": {"model": "b"}, "candidate_fraction": 2},
+     "candidate_fraction: Input should be less than or equal to 1"),
+    ({"type": "none", "member": "zz"}, "fusion.member 'zz' is not a member"),
+    ({"type": "detection"}, "detection member 'a' has no output 'boxes'"),
+])
+def test_fusion_spec_errors(fusion, expected):
+    assert expected in _error(_spec(fusion=fusion))
+
+
+def test_bls_and_chain_pipelines_have_no_fusion_model():
+    cascade = parse_spec(_spec(fusion={"type": "cascade", "stages": [{"model": "a"}, {"model": "digits"}],
+                                       "thresholds": [0.9]}), base_dir=Path("/"))
+    assert cascade.fusion_kind == "bls" and cascade.fusion_model_name is None and cascade.num_classes == 10
+    chain = parse_spec(_spec(fusion={"type": "none"}), base_dir=Path("/"))
+    assert chain.fusion_kind == "chain" and chain.fused_members == []
+
+
+def test_extends_merges_mappings_and_replaces_lists(tmp_path):
+    base = _spec(serving={"max_batch_size": 32, "instances": 2})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({
+        "extends": "base.yaml", "name": "child", "serving": {"instances": 3},
+        "fusion": {"type": "vote", "mode": "soft"}, "members": [_member("only")]}))
+    spec = load_spec(tmp_path / "child.yaml")
+    assert spec.name == "child" and spec.serving.max_batch_size == 32 and spec.serving.instances == 3
+    assert [m.name for m in spec.members] == ["only"] and spec.fusion.type == "vote"
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(SpecError, match="makes a cycle"):
+        load_spec(tmp_path / "loop.yaml")
+    (tmp_path / "far.yaml").write_text("extends: ../base.yaml\n")
+    with pytest.raises(SpecError, match="must name a spec file in the same folder"):
+        load_spec(tmp_path / "far.yaml")
+    (tmp_path / "gone.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(SpecError, match="spec file not found: .*missing.yaml \\(extended by"):
+        load_spec(tmp_path / "gone.yaml")
+
+
+def test_every_committed_spec_parses_once_trained(example_specs):
+    for path in example_specs.glob("*.yaml"):
+        spec = load_spec(path)
+        assert spec.name == path.stem, path

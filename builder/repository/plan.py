@@ -177,11 +177,15 @@ def fusion_config(spec: PipelineSpec, fitted: Mapping[str, Any] | None = None) -
     params = fusion_params(spec, fitted)
     # file-backed parameters (stacking coefficients) live in params.json beside model.py
     inline = {k: v for k, v in params.items() if k not in ("coef", "intercept")}
+    parameters = {"fusion": json.dumps(inline, sort_keys=True)}
+    on_gpu = spec.serving.fusion_device == "gpu"
+    if on_gpu:  # keep member outputs on the device; ops.py computes with torch there
+        parameters["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
     return ModelConfig(
         name=spec.fusion_model_name, backend="python",
         inputs=tuple(cfg for _, _, cfg in fusion_inputs(spec)), outputs=outputs,
-        max_batch_size=spec.serving.max_batch_size, instance_count=spec.serving.instances, instance_kind="KIND_CPU",
-        dynamic_batching=_batching(spec), parameters={"fusion": json.dumps(inline, sort_keys=True)},
+        max_batch_size=spec.serving.max_batch_size, instance_count=spec.serving.instances,
+        instance_kind="KIND_GPU" if on_gpu else "KIND_CPU", dynamic_batching=_batching(spec), parameters=parameters,
     )
 
 
