@@ -24,12 +24,9 @@ from typing import Callable
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT, record_section
 
 DEFAULT_SPEC = ROOT / "ensemble_configs" / "digits.yaml"
-MARK_BEGIN = "<!-- gpu_check:begin -->"
-MARK_END = "<!-- gpu_check:end -->"
 
 
 def timed(fn: Callable[[], None], sync: Callable[[], None], seconds: float) -> float:
@@ -183,21 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
     if args.record:
-        record(text, " ".join(["python bench/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]))
+        command = " ".join(["python bench/gpu_check.py", *(argv if argv is not None else sys.argv[1:])])
+        print(f"recorded in {record_section('gpu_check', 'Runtimes side by side (bench/gpu_check.py)', text, command)}")
     return 0
-
-
-def record(text: str, command: str) -> None:
-    path = ROOT / "docs" / "BENCHMARKS.md"
-    doc = path.read_text() if path.is_file() else "# Benchmarks\n"
-    block = f"{MARK_BEGIN}\nCommand: `{command}`\n\n{text}\n{MARK_END}"
-    if MARK_BEGIN in doc and MARK_END in doc:
-        head, rest = doc.split(MARK_BEGIN, 1)
-        doc = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        doc = doc.rstrip() + "\n\n## Runtimes side by side (bench/gpu_check.py)\n\n" + block + "\n"
-    path.write_text(doc)
-    print(f"recorded in {path}")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class LoadConfig:
     stability_pct: float = 10.0
     protocol: Literal["grpc", "http"] = "grpc"
     timeout_s: float = 30.0
+    parameters: dict | None = None  # request parameters, e.g. {"threshold": 0.9} for a cascade
 
     def __post_init__(self):
         if self.concurrency < 1:
@@ -201,6 +202,8 @@ class _LoadRun:
         ok = True
         try:
             kw = {"client_timeout": self.config.timeout_s} if self.config.protocol == "grpc" else {}
+            if self.config.parameters:
+                kw["parameters"] = self.config.parameters
             await client.infer(self.config.model, inputs, outputs=outputs, **kw)
         except Exception as exc:  # counted, never raised: the run measures errors
             ok = False

@@ -1,0 +1,45 @@
+"""Helpers for the bench/ scripts: import path and docs/BENCHMARKS.md sections."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BENCHMARKS = ROOT / "docs" / "BENCHMARKS.md"
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def today() -> str:
+    return f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"
+
+
+def record_section(key: str, title: str, text: str, command: str) -> Path:
+    """Replace (or append) the section between ``<!-- key:begin/end -->`` markers."""
+    begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
+    doc = BENCHMARKS.read_text() if BENCHMARKS.is_file() else "# Benchmarks\n"
+    block = f"{begin}\nCommand: `{command}`\n\n{text.rstrip()}\n{end}"
+    if begin in doc and end in doc:
+        head, rest = doc.split(begin, 1)
+        doc = head + block + rest.split(end, 1)[1]
+    else:
+        doc = doc.rstrip() + f"\n\n## {title}\n\n{block}\n"
+    BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
+    BENCHMARKS.write_text(doc)
+    return BENCHMARKS
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
