@@ -127,7 +127,8 @@ class TritonServer:
     def __init__(self, repository: str | Path, *, host: str = "127.0.0.1", http_port: int = 0,
                  grpc_port: int = 0, metrics_port: int = 0, log_path: str | Path | None = None,
                  model_control_mode: Literal["none", "poll", "explicit"] = "none",
-                 startup_timeout: float = 180.0, extra_args: list[str] | None = None):
+                 startup_timeout: float = 180.0, extra_args: list[str] | None = None,
+                 cpus: set[int] | None = None):
         repository = Path(repository).resolve()
         if not repository.is_dir():
             raise ServerError(f"model repository not found: {repository}; build one with 'tritonfleet build SPEC'")
@@ -137,6 +138,7 @@ class TritonServer:
         )
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout = startup_timeout
+        self.cpus = set(cpus) if cpus else None  # pin the server (and its stubs) to these CPUs
         self._process: subprocess.Popen | None = None
         self._workdir: Path | None = None
         self._log_file = None
@@ -174,7 +176,7 @@ class TritonServer:
         cmd = [str(dist.binary), *cfg.to_args(), f"--backend-directory={backends}"]
         self._process = subprocess.Popen(
             cmd, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=self._environment(dist), start_new_session=True, preexec_fn=_die_with_parent,
+            env=self._environment(dist), start_new_session=True, preexec_fn=self._preexec,
         )
         try:
             self._wait_ready()
@@ -272,6 +274,11 @@ class TritonServer:
             f"tritonserver was not ready after {self.startup_timeout:.0f}s (full log: "
             f"{self.log_path}):\n{self.failure_summary()}"
         )
+
+    def _preexec(self) -> None:
+        _die_with_parent()
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
 
     def _signal(self, sig: int) -> None:
         try:

@@ -1,0 +1,108 @@
+"""Own load generator vs perf_analyzer: throughput at the same concurrency, side by side.
+
+    python bench/loadgen_vs_perf_analyzer.py [--record]
+
+Both send the same real digits samples (batch 1) over gRPC to the same server, in rounds
+that alternate perf_analyzer, the load generator and perf_analyzer again, so drift hits all
+alike. Reported per model and setup:
+
+* the median of per-round ratios loadgen / perf_analyzer (goal: 0.95-1.05);
+* perf_analyzer / perf_analyzer from the same rounds: the noise floor of the comparison;
+* the load generator's client CPU per request.
+
+Two setups: ``shared`` (server and clients on every CPU: each client's CPU is taken from
+the server) and ``pinned`` (server on CPU 0, clients on CPU 1: only a client that saturates
+its own CPU lowers the number).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import markdown_table, machine, record_section, today
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=None, help="repository (default: model_repository/)")
+    parser.add_argument("--models", default="cnn_small_a,digits")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--setups", default="shared,pinned")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--window", type=float, default=3.0, help="seconds per measurement window")
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    from builder.data import load_split
+    from builder.specs import load_spec
+    from clients.loadgen import LoadConfig, run_load
+    from clients.perf import PerfAnalyzerConfig, run_perf_analyzer, write_input_data
+    from clients.server import TritonServer
+    from examples.build_all import SPEC_DIR, build_examples
+
+    results = build_examples(["digits"], output_dir=args.output, progress=False)
+    x = load_split(load_spec(SPEC_DIR / "digits.yaml"), "test").inputs[0]
+    all_cpus = os.sched_getaffinity(0)
+    rows, raw = [], []
+    for setup in args.setups.split(","):
+        pinned = setup == "pinned"
+        if pinned and len(all_cpus) < 2:
+            print("skipping the pinned setup: it needs 2 CPUs")
+            continue
+        server_cpus = {min(all_cpus)} if pinned else None
+        try:
+            if pinned:
+                os.sched_setaffinity(0, all_cpus - server_cpus)
+            with TritonServer(results["digits"].repository, cpus=server_cpus) as server, \
+                    tempfile.TemporaryDirectory() as tmp:
+                url = server.url("grpc")
+                data = write_input_data(Path(tmp) / "input.json", {"image": x})
+                for model in args.models.split(","):
+                    config = PerfAnalyzerConfig(model, url, concurrency=(args.concurrency,), input_data=data,
+                                                measurement_interval_ms=int(args.window * 1000), max_trials=20)
+                    pa_a, pa_b, own, own_cpu, own_reqs = [], [], [], 0.0, 0
+                    for _ in range(args.rounds):
+                        pa_a.append(run_perf_analyzer(config)[0].infer_per_s)
+                        c0 = time.process_time()
+                        res = run_load(url, LoadConfig(model, concurrency=args.concurrency, warmup_s=1.0,
+                                                       window_s=args.window, max_windows=5), [x])
+                        own_cpu += time.process_time() - c0
+                        own_reqs += res.completed
+                        own.append(res.infer_per_s)
+                        pa_b.append(run_perf_analyzer(config)[0].infer_per_s)
+                    pa_a, pa_b, own = map(np.asarray, (pa_a, pa_b, own))
+                    ratio = float(np.median(own / ((pa_a + pa_b) / 2)))
+                    noise = float(np.median(pa_b / pa_a))
+                    raw.append({"setup": setup, "model": model, "perf_analyzer": [*pa_a, *pa_b], "loadgen": own.tolist(),
+                                "ratio": ratio, "pa_vs_pa": noise, "loadgen_cpu_us_per_request": 1e6 * own_cpu / own_reqs})
+                    rows.append([setup, model, args.concurrency, f"{np.median([*pa_a, *pa_b]):,.0f}",
+                                 f"{np.median(own):,.0f}", f"{ratio:.3f}", f"{noise:.3f}",
+                                 f"{1e6 * own_cpu / own_reqs:.0f}", "yes" if abs(ratio - 1) <= 0.05 else "no"])
+        finally:
+            os.sched_setaffinity(0, all_cpus)
+
+    table = markdown_table(["setup", "model", "concurrency", "perf_analyzer infer/s", "loadgen infer/s",
+                            "loadgen / perf_analyzer", "perf_analyzer / itself (noise)",
+                            "loadgen client CPU us/request", "within 5%"], rows)
+    text = (f"{machine()}; gRPC, batch 1, real digits samples; median of {args.rounds} rounds "
+            f"(perf_analyzer, loadgen, perf_analyzer) with {args.window:g}s windows; {today()}\n\n{table}")
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(raw, indent=2))
+    if args.record:
+        command = " ".join(["python bench/loadgen_vs_perf_analyzer.py", *(argv if argv is not None else sys.argv[1:])])
+        print(f"recorded in {record_section('loadgen_vs_pa', 'Own load generator vs perf_analyzer', text, command)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
