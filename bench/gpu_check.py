@@ -35,7 +35,7 @@ def timed(fn: Callable[[], None], sync: Callable[[], None], seconds: float) -> f
         fn()
     sync()
     runs, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds or runs < 3:
+    while time.perf_counter() - start < seconds or runs < 3:
         fn()
         runs += 1
     sync()

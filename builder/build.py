@@ -288,7 +288,7 @@ class _Build:
             for precision in spec.precisions_of(m)[1:]:
                 if precision in records:
                     steps.append(Step(f"{precision} {m.name} (unchanged)",
-                                      lambda ctx, m=m, p=precision: self._reuse(m, p, records[p])))
+                                      lambda ctx, m=m, p=precision, rec=records[precision]: self._reuse(m, p, rec)))
                 else:
                     steps.append(Step(f"{precision} {m.name}", self._lower_precision(m, precision), required=False))
             steps.append(Step(f"measure {m.name}", self._measure(m)))

@@ -505,19 +505,20 @@ def _random_inputs(inputs_meta: list[dict], batching: bool, n: int = 64) -> list
 
 
 def _diff_stats(before: dict[str, dict], after: dict[str, dict]) -> dict[str, ServerTime]:
+    """Per-request server time of each model between two statistics snapshots."""
+
+    def total(stats: dict, section: str, key: str) -> int:
+        return int(stats.get("inference_stats", {}).get(section, {}).get(key, 0))
+
     out = {}
     for name, a in after.items():
         b = before.get(name, {})
-
-        def delta(section: str, key: str) -> int:
-            get = lambda s: int(s.get("inference_stats", {}).get(section, {}).get(key, 0))  # noqa: E731
-            return get(a) - get(b)
-
-        requests = delta("success", "count")
+        requests = total(a, "success", "count") - total(b, "success", "count")
         if requests <= 0:
             continue
         executions = int(a.get("execution_count", 0)) - int(b.get("execution_count", 0))
-        per = lambda section: delta(section, "ns") / requests / 1e3  # noqa: E731
-        out[name] = ServerTime(requests, executions, per("queue"), per("compute_input"),
-                               per("compute_infer"), per("compute_output"))
+        per = {section: (total(a, section, "ns") - total(b, section, "ns")) / requests / 1e3
+               for section in ("queue", "compute_input", "compute_infer", "compute_output")}
+        out[name] = ServerTime(requests, executions, per["queue"], per["compute_input"], per["compute_infer"],
+                               per["compute_output"])
     return out

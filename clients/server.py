@@ -15,6 +15,7 @@ does not load; ``stop`` sends SIGINT, waits, then kills the whole process group.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -172,7 +173,7 @@ class TritonServer:
             os.close(fd)
             self.log_path = Path(name)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log_path, "wb")
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - open for the server's lifetime
         cmd = [str(dist.binary), *cfg.to_args(), f"--backend-directory={backends}"]
         self._process = subprocess.Popen(
             cmd, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -281,7 +282,5 @@ class TritonServer:
             os.sched_setaffinity(0, self.cpus)
 
     def _signal(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._process.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass

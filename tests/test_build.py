@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+import yaml
 from pathlib import Path
 
 import pytest
@@ -130,8 +132,6 @@ def test_failed_build_leaves_the_repository_untouched(spec_factory, artifacts, t
     repo = good.output_dir
     before = _snapshot(repo)
 
-    import yaml
-
     raw = yaml.safe_load(spec_factory().read_text())
     raw["members"][2]["model"]["checkpoint"] = str(artifacts / "cnn_large.pt")  # wrong architecture
     bad_path = tmp_path / "bad.yaml"
@@ -150,3 +150,31 @@ def test_foreign_folders_are_never_overwritten(spec_factory):
         build(spec, progress=False)
     assert (spec.output_dir / "cnn_small_b" / "mine.txt").read_text() == "user data"
     assert not (spec.output_dir / "cnn_small_a").exists()
+
+
+def test_rebuilds_reuse_unchanged_variants_of_the_right_member(spec_factory, tmp_path):
+    spec = load_spec(spec_factory())
+    first = build(spec, progress=False)
+    repo = first.repository
+    before = json.loads((repo / "manifest.json").read_text())["models"]
+
+    again = build(spec, progress=False)  # nothing changed: every member reused, nothing rewritten
+    assert [s.name for s in again.steps][:4] == [f"reuse {m.name} (unchanged)" for m in spec.all_models]
+    assert json.loads((repo / "manifest.json").read_text())["models"].keys() == before.keys()
+
+    # a new calibration method changes only the int8 variants; fp32/fp16 are reused per member
+    raw = yaml.safe_load(spec_factory().read_text())
+    raw["precision"]["calibration"]["method"] = "percentile"
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(raw))
+    result = build(load_spec(changed), progress=False)
+    names = [s.name for s in result.steps]
+    assert "fp16 cnn_small_b (unchanged)" in names and "int8 cnn_small_b" in names
+    after = json.loads((repo / "manifest.json").read_text())["models"]
+    for m in spec.all_models:
+        for suffix in ("", "_fp16"):
+            name = m.name + suffix
+            assert after[name]["artifact_sha256"] == before[name]["artifact_sha256"], name
+            assert sha256_file(repo / name / "1" / "model.onnx") == before[name]["artifact_sha256"], name
+        assert after[f"{m.name}_int8"]["calibration"]["method"] == "percentile"
+    assert len({after[f"{m.name}_fp16"]["artifact_sha256"] for m in spec.all_models}) == len(spec.all_models)

@@ -35,9 +35,10 @@ def test_weights_when_every_member_is_always_wrong():
     np.testing.assert_allclose(fit_weights([wrong, wrong], labels, "accuracy")["weights"], [0.5, 0.5])
 
 
-def test_stacking_coefficients_reproduce_sklearn(rng=np.random.default_rng(3)):
+def test_stacking_coefficients_reproduce_sklearn():
     from sklearn.linear_model import LogisticRegression
 
+    rng = np.random.default_rng(3)
     labels = rng.integers(0, 4, 200)
     probs = [np.clip(_onehot(labels, 4, 0.6) + rng.normal(0, 0.1, (200, 4)), 0.01, None) for _ in range(3)]
     probs = [p / p.sum(1, keepdims=True) for p in probs]
@@ -48,7 +49,8 @@ def test_stacking_coefficients_reproduce_sklearn(rng=np.random.default_rng(3)):
     assert 0.9 < fitted["train_accuracy"] <= 1.0
 
 
-def test_stacking_with_a_class_missing_from_validation(rng=np.random.default_rng(4)):
+def test_stacking_with_a_class_missing_from_validation():
+    rng = np.random.default_rng(4)
     labels = rng.integers(0, 3, 100)  # class 3 never appears
     probs = [_onehot(labels, 4, 0.7) + rng.normal(0, 0.05, (100, 4)) for _ in range(2)]
     fitted = fit_stacking(probs, labels, classes=4)

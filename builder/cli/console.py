@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 
-@lru_cache(maxsize=None)
+@cache
 def console():
     import sys
 
@@ -15,7 +15,7 @@ def console():
     return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
-@lru_cache(maxsize=None)
+@cache
 def err_console():
     from rich.console import Console
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from builder.cli.args import add_progress_arg, add_server_args, server_kwargs
+from builder.cli.args import add_progress_arg, add_server_args
 from builder.cli.console import console
 
 DEMO_SPECS = ("digits", "digits_weighted", "digits_vote", "digits_stacking", "digits_cascade")

@@ -23,12 +23,12 @@ CALIBRATION_BATCH = 32
 
 class QuantizeInt8(Loader[Path]):
     def __init__(self, onnx_path: Any, path: Path, samples: Sequence[np.ndarray], input_names: Sequence[str],
-                 options: Calibration = Calibration(), name: str = "model"):
+                 options: Calibration | None = None, name: str = "model"):
         self.onnx_path = onnx_path
         self.path = Path(path)
         self.samples = samples
         self.input_names = list(input_names)
-        self.options = options
+        self.options = options or Calibration()
         self.name = name
         self.samples_used = 0
 
