@@ -1,0 +1,91 @@
+"""A member served by the local target's Python-backend onnxruntime runner vs the same
+model in an in-process onnxruntime session, same batch and thread count, side by side.
+
+    python bench/backend_overhead.py [--record]
+
+In-process: one onnxruntime session (intra-op threads = the serving setting, 1) run in a
+loop on real digits batches. Served: the same model.onnx through tritonserver's Python
+backend, loaded with enough concurrent requests (``--concurrency``) that its one instance
+is never idle. Rounds alternate the two; the ratio is the median of per-round ratios.
+Goal: >= 0.85. Reported for several batch sizes, because the per-request cost of serving
+(gRPC, Triton, the Python stub's shared-memory round trip) is fixed while compute grows
+with the batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common import markdown_table, machine, record_section, today
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=None, help="repository (default: a temporary folder)")
+    parser.add_argument("--models", default="cnn_small_a,cnn_large")
+    parser.add_argument("--batch-sizes", default="1,16,64,256,512")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--window", type=float, default=2.0)
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    import tempfile
+
+    from builder.build import build
+    from builder.data import load_split
+    from builder.specs import load_spec, with_overrides
+    from builder.variants import compare_throughput
+    from clients.loadgen import LoadConfig, run_load
+    from clients.server import TritonServer
+    from examples.build_all import SPEC_DIR
+    from examples.digits.train import ensure_trained
+
+    ensure_trained(progress=False)
+    batches = [int(v) for v in args.batch_sizes.split(",")]
+    # the digits spec, fp32 only, with a max batch large enough for the sweep
+    spec = with_overrides(load_spec(SPEC_DIR / "digits.yaml"), {
+        "serving": {"max_batch_size": max(64, *batches)}, "precision": {"variants": ["fp32"]}})
+    out = args.output or Path(tempfile.mkdtemp(prefix="tritonfleet-overhead-")) / "model_repository"
+    repo = build(spec, output_dir=out, progress=False).repository
+    x = load_split(spec, "test").inputs[0]
+    threads = max(1, spec.serving.onnxruntime_threads)
+    rows, raw = [], []
+    with TritonServer(repo) as server:
+        url = server.url("grpc")
+        for model in args.models.split(","):
+            onnx = repo / model / "1" / "model.onnx"
+            for b in batches:
+                local, served = [], []
+                for _ in range(args.rounds):
+                    local.append(compare_throughput({"m": onnx}, {"image": x}, b, threads, rounds=1,
+                                                    seconds=args.window)["m"])
+                    served.append(run_load(url, LoadConfig(model, concurrency=args.concurrency, batch_size=b,
+                                                           warmup_s=1.0, window_s=args.window, max_windows=4),
+                                           [x]).infer_per_s)
+                ratio = float(np.median(np.array(served) / np.array(local)))
+                raw.append({"model": model, "batch": b, "in_process": local, "served": served, "ratio": ratio})
+                rows.append([model, b, f"{np.median(local):,.0f}", f"{np.median(served):,.0f}", f"{ratio:.2f}",
+                             "yes" if ratio >= 0.85 else "no"])
+    table = markdown_table(["model", "batch", "in-process onnxruntime samples/s", "served (Python backend) samples/s",
+                            "ratio (median of rounds)", "goal >= 0.85"], rows)
+    text = (f"{machine()}; onnxruntime CPU, {threads} intra-op thread(s) on both sides, one model instance; served at "
+            f"concurrency {args.concurrency} over gRPC; {args.rounds} alternating rounds of {args.window:g}s; "
+            f"{today()}\n\n{table}")
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(raw, indent=2))
+    if args.record:
+        command = " ".join(["python bench/backend_overhead.py", *(argv if argv is not None else sys.argv[1:])])
+        print(f"recorded in {record_section('backend_overhead', 'Python-backend member vs in-process onnxruntime', text, command)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
