@@ -32,7 +32,8 @@ from typing import Any, Callable
 import numpy as np
 
 from builder.data import SPLITS, Split, load_split, parity_inputs
-from builder.errors import ConversionError, SpecError
+from builder.errors import ConversionError, RepositoryError, SpecError
+from builder.failpoints import failpoint
 from builder.fusion.fit import fit_stacking, fit_weights
 from builder.fusion.ops import to_probabilities
 from builder.export.fp16 import ConvertToFp16
@@ -42,6 +43,7 @@ from builder.export.trt import INSTALL_HINT, BuildEngine, engine_record, run_eng
 from builder.loaders import LoadTorchModel
 from builder.pipeline import SkipStep, Status, Step, StepResult, run_steps
 from builder.repository.ensemble import check_ensemble
+from builder.repository.journal import recover
 from builder.repository.manifest import read_manifest, sha256_file, tool_versions
 from builder.repository.config import TensorConfig, parse_pbtxt, tensors_of
 from builder.repository.plan import (
@@ -79,6 +81,8 @@ class BuildResult:
     fitted: dict[str, Any] = field(default_factory=dict)
     steps: list[StepResult] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    actions: dict[str, tuple[str, int]] = field(default_factory=dict)  # model -> (new|unchanged|config|version, n)
+    recovered: str | None = None  # what happened to a commit a crash had interrupted
 
     @property
     def problems(self) -> list[StepResult]:
@@ -98,6 +102,7 @@ def build(
     if target not in TARGETS:
         raise SpecError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
     repo = Path(output_dir).resolve() if output_dir else spec.output_dir
+    recovered = recover(repo)  # a commit a crash interrupted: undo (or finish) it first
 
     # ---- everything that needs no heavy work, before any work
     external = resolve_external(spec, repo)
@@ -109,12 +114,21 @@ def build(
     with RepositoryWriter(repo, spec.name) as writer:
         writer.check_names([p.config.name for p in plans])
         job = _Build(spec, target, writer, splits, sample, sample_source, external, read_manifest(repo))
-        results = run_steps(job.steps(), job.ctx, progress=progress, title=f"build {spec.name} ({target})")
-        shutil.rmtree(writer.staging / ".work", ignore_errors=True)
-        removed = writer.commit(job.pipeline_record(spec_path))
+        try:
+            results = run_steps(job.steps(), job.ctx, progress=progress, title=f"build {spec.name} ({target})")
+            failpoint("after-steps")
+            shutil.rmtree(writer.staging / ".work", ignore_errors=True)
+            removed = writer.commit(job.pipeline_record(spec_path))
+        except OSError as exc:  # disk full, permissions: the journal restores the repository
+            recover(repo)
+            raise RepositoryError(
+                f"could not write while building into {repo}: {exc.strerror or exc} "
+                f"({exc.filename or 'a temporary file'}); nothing was changed. Free space or fix permissions "
+                "and build again."
+            ) from None
     ctx = job.ctx
     return BuildResult(repo, spec.name, target, ctx["plans"], ctx["parity"], ctx["variants"], ctx["selections"],
-                       ctx["fitted"], results, removed)
+                       ctx["fitted"], results, removed, writer.actions, recovered)
 
 
 def _check_graph(plans: list[ModelPlan]) -> None:
@@ -335,6 +349,7 @@ class _Build:
             )()
             ctx.update({f"ref:{m.name}": self.outputs_for(m, "parity"), f"onnx:{m.name}:fp32": path})
             self._check(m, "fp32", path, "onnxruntime-cpu")
+            failpoint("after-export")
             return {}
 
         return run

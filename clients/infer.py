@@ -17,8 +17,10 @@ import numpy as np
 
 from builder.errors import ServerError
 
+# Errors worth retrying: the server or a model is (re)starting. "no available versions" is a
+# model being reloaded (e.g. by the supervisor after its stub died).
 TRANSIENT = ("UNAVAILABLE", "Connection refused", "Broken pipe", "Stub process", "not ready",
-             "connection reset", "Socket closed")
+             "connection reset", "Socket closed", "no available versions")
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class TritonClient:
                 meta = self._client.get_model_metadata(model, **self._json_kw())
                 config = self._client.get_model_config(model, **self._json_kw())
             except self._module.InferenceServerException as exc:
-                raise ServerError(f"model '{model}' at {self.url}: {exc.message()}") from None
+                raise ServerError(_explain(model, self.url, exc.message() or str(exc))) from None
             config = config.get("config", config)
 
             def tensors(items) -> tuple[TensorMeta, ...]:
@@ -135,6 +137,10 @@ class TritonClient:
         """One request; ``inputs`` by name, or positionally in the model's input order."""
         meta = self.metadata(model)
         named = self._name_inputs(meta, inputs)
+        if meta.max_batch_size > 0:
+            sizes = {name: len(array) if array.ndim else 0 for name, array in named.items()}
+            if 0 in sizes.values():
+                raise ServerError(f"model '{model}': empty batch ({sizes} samples); send at least one sample")
         wanted = list(outputs) if outputs else [t.name for t in meta.outputs]
         request = []
         for name, array in named.items():
@@ -155,7 +161,7 @@ class TritonClient:
                     time.sleep(self.backoff * 2 ** attempt)
                     attempt += 1
                     continue
-                raise ServerError(f"model '{model}' at {self.url}: {message}") from None
+                raise ServerError(_explain(model, self.url, message)) from None
 
         batch = len(next(iter(named.values()))) if meta.max_batch_size > 0 else None
         out = {}
@@ -203,6 +209,15 @@ class TritonClient:
 
     def _timeout_kw(self) -> dict:
         return {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+
+
+def _explain(model: str, url: str, message: str) -> str:
+    unreachable = ("failed to connect", "connection refused", "unavailable", "connect call failed",
+                   "name resolution")
+    if any(token in message.lower() for token in unreachable):
+        return (f"cannot reach tritonserver at {url} ({message.strip().splitlines()[0][:200]}); is it running? "
+                "Start one with 'tritonfleet serve REPOSITORY'")
+    return f"model '{model}' at {url}: {message}"
 
 
 def _triton_dtype(dtype: np.dtype) -> str:

@@ -129,7 +129,7 @@ class TritonServer:
                  grpc_port: int = 0, metrics_port: int = 0, log_path: str | Path | None = None,
                  model_control_mode: Literal["none", "poll", "explicit"] = "none",
                  startup_timeout: float = 180.0, extra_args: list[str] | None = None,
-                 cpus: set[int] | None = None):
+                 cpus: set[int] | None = None, supervise: bool = False):
         repository = Path(repository).resolve()
         if not repository.is_dir():
             raise ServerError(f"model repository not found: {repository}; build one with 'tritonfleet build SPEC'")
@@ -140,6 +140,10 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout = startup_timeout
         self.cpus = set(cpus) if cpus else None  # pin the server (and its stubs) to these CPUs
+        if supervise and model_control_mode != "explicit":
+            raise ServerError("supervise=True reloads models itself and needs model_control_mode='explicit'")
+        self.supervise = supervise
+        self.supervisor = None
         self._process: subprocess.Popen | None = None
         self._workdir: Path | None = None
         self._log_file = None
@@ -181,6 +185,11 @@ class TritonServer:
         )
         try:
             self._wait_ready()
+            if self.supervise:
+                from clients.supervisor import Supervisor
+
+                self.supervisor = Supervisor(self.config.repository, lambda: self.pid, lambda: self.client("grpc"))
+                self.supervisor.start()
         except BaseException:
             self.stop()
             raise
@@ -188,6 +197,9 @@ class TritonServer:
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGINT, wait ``timeout``, then SIGKILL the process group. Returns the exit code."""
         code = None
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
         if self._process is not None:
             if self._process.poll() is None:
                 self._signal(signal.SIGINT)

@@ -12,7 +12,7 @@ import sys
 
 from builder.errors import TritonfleetError
 
-SUBCOMMANDS = ("build", "serve", "bench", "report", "demo")
+SUBCOMMANDS = ("build", "serve", "bench", "report", "verify", "rollback", "demo")
 
 
 def make_parser() -> argparse.ArgumentParser:

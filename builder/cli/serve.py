@@ -2,6 +2,8 @@
 
 Binds 127.0.0.1 on free ports unless told otherwise, waits until every model is READY,
 prints the endpoints and runs until Ctrl-C (or SIGTERM), then stops the server cleanly.
+In the default `watch` mode a supervisor reloads models whose Python stub died and picks
+up builds and rollbacks when manifest.json changes (their commit point).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ def register(sub) -> None:
     parser = sub.add_parser("serve", help=__doc__.splitlines()[0], description=__doc__)
     parser.add_argument("repository", type=Path, nargs="?", default=Path("model_repository"),
                         help="model repository (default: ./model_repository)")
-    parser.add_argument("--model-control-mode", choices=("none", "poll", "explicit"), default="poll",
-                        help="poll (default) picks up rebuilt or rolled-back models without a restart")
+    parser.add_argument("--model-control-mode", choices=("watch", "none", "poll", "explicit"), default="watch",
+                        help="watch (default): explicit control + a supervisor that reloads changed models at "
+                             "each build's commit point and models whose stub died; poll: Triton's own polling")
     add_server_args(parser)
     parser.set_defaults(run=run)
 
@@ -28,7 +31,9 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from clients.server import TritonServer
 
-    server = TritonServer(args.repository, model_control_mode=args.model_control_mode, **server_kwargs(args))
+    watch = args.model_control_mode == "watch"
+    server = TritonServer(args.repository, model_control_mode="explicit" if watch else args.model_control_mode,
+                          supervise=watch, **server_kwargs(args))
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

@@ -29,6 +29,8 @@ class ConvertToFp16(Loader[Path]):
         try:
             with quiet("onnxconverter_common"):
                 model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+        except OSError:  # disk full, permissions: the build reports it
+            raise
         except Exception as exc:
             raise ConversionError(f"{self.name}: fp16 conversion failed: {type(exc).__name__}: {exc}") from None
         self.path.parent.mkdir(parents=True, exist_ok=True)

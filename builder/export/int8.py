@@ -78,6 +78,8 @@ class QuantizeInt8(Loader[Path]):
                         extra_options={"ActivationSymmetric": self.options.symmetric_activations,
                                        "WeightSymmetric": True},
                     )
+            except OSError:  # disk full, permissions: the build reports it
+                raise
             except Exception as exc:
                 raise ConversionError(
                     f"{self.name}: int8 quantization failed: {type(exc).__name__}: {exc}"

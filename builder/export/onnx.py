@@ -78,6 +78,8 @@ class ExportOnnx(Loader[Path]):
                             output_names=output_names, dynamic_shapes=dynamic, dynamo=True,
                             opset_version=self.opset, external_data=False, verbose=False,
                         )
+            except OSError:  # disk full, permissions: the build reports it
+                raise
             except Exception as exc:
                 detail = str(exc).strip().splitlines()
                 raise ConversionError(

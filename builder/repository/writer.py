@@ -2,9 +2,14 @@
 
 Everything is first written into a staging folder beside the repository
 (``.<repo>.staging-*``, on the same filesystem). Only :meth:`RepositoryWriter.commit`
-touches the repository: it swaps each changed model folder in with a rename and rewrites
-``manifest.json`` atomically. An error before commit removes the staging folder and leaves
-the repository byte-identical.
+touches the repository, through a journaled list of atomic renames that ends with the
+new ``manifest.json`` (see :mod:`builder.repository.journal`): an error or a crash before
+that point leaves the repository byte-identical, or restorable to it by ``recover``.
+
+Versions: a new model starts at version 1. When a rebuild changes a model's files, they
+become version N+1 beside the old versions (the newest ``keep_versions`` are kept) and
+Triton's default policy serves the newest; when only its config changes, config.pbtxt is
+replaced; an unchanged model is not touched at all (a live server sees nothing).
 
 Several pipelines may share a model (the same member in a mean and a vote ensemble): the
 manifest lists each model's ``owners``. A model whose config and files are byte-identical
@@ -23,6 +28,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from builder.errors import RepositoryError
+from builder.failpoints import failpoint
+from builder.repository.journal import Journal, recover
 from builder.repository.manifest import MANIFEST, hash_tree, read_manifest, write_json_atomic
 from builder.repository.plan import ModelPlan
 
@@ -37,6 +44,7 @@ class RepositoryWriter:
         self.pipeline = pipeline
         self.staging: Path | None = None
         self.models: dict[str, dict[str, Any]] = {}
+        self.actions: dict[str, tuple[str, int]] = {}
 
     def __enter__(self) -> RepositoryWriter:
         parent = self.repo.parent
@@ -44,7 +52,8 @@ class RepositoryWriter:
             raise RepositoryError(f"output_dir {self.repo} exists and is not a folder")
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.repo.name}.staging-", dir=parent))
+            _remove_stale_staging(parent, self.repo.name)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.repo.name}.staging-{os.getpid()}-", dir=parent))
         except OSError as exc:
             raise RepositoryError(
                 f"cannot write beside output_dir {self.repo} ({exc.strerror}); choose a writable "
@@ -101,52 +110,107 @@ class RepositoryWriter:
             )
 
     # ------------------------------------------------------------------ commit
-    def commit(self, pipeline_record: Mapping[str, Any]) -> list[str]:
-        """Move changed models into the repository; return the names of removed models."""
-        assert self.staging is not None
-        manifest = read_manifest(self.repo)
-        problems, unchanged = [], set()
+    def _actions(self, manifest: dict[str, Any]) -> dict[str, tuple[str, int]]:
+        """model -> (action, version): new | unchanged | config | version | version+config."""
+        problems, actions = [], {}
         for name, record in self.models.items():
             record["files"] = hash_tree(self.model_dir(name))
             old = manifest["models"].get(name)
             if old is None:
                 if (self.repo / name).exists():
                     problems.append(f"folder '{self.repo / name}' exists and was not written by tritonfleet")
+                actions[name] = ("new", 1)
                 continue
+            latest = int(old.get("version", 1))
+            same_artifact = (_version_files(old["files"], latest) == _version_files(record["files"], 1)
+                             and (self.repo / name / str(latest)).is_dir())
+            same_config = old["files"].get(CONFIG) == record["files"][CONFIG]
             others = [o for o in old.get("owners", []) if o != self.pipeline]
-            same = old.get("files") == record["files"] and (self.repo / name).is_dir()
-            if same:
-                unchanged.add(name)
+            if same_artifact and same_config:
+                actions[name] = ("unchanged", latest)
             elif others:
-                problems.append(
-                    f"model '{name}' is shared with pipeline {', '.join(others)} and would change "
-                    "(different checkpoint, precision or serving settings)"
-                )
+                problems.append(f"model '{name}' is shared with pipeline {', '.join(others)} and would change "
+                                "(different checkpoint, precision or serving settings)")
+            else:
+                actions[name] = (("config", latest) if same_artifact else
+                                 ("version", latest + 1) if same_config else ("version+config", latest + 1))
         self._raise(problems)
+        return actions
 
+    def commit(self, pipeline_record: Mapping[str, Any], keep_versions: int = 3) -> list[str]:
+        """Apply the staged models to the repository; return the names of removed models."""
+        assert self.staging is not None
+        recover(self.repo)
+        manifest = read_manifest(self.repo)
+        actions = self._actions(manifest)
+        self.actions = actions
         self.repo.mkdir(parents=True, exist_ok=True)
         trash = self.staging / ".replaced"
-        trash.mkdir()
+        journal = Journal(str(self.repo), str(self.staging))
+
         removed = []
         for name, rec in list(manifest["models"].items()):
             if self.pipeline in rec.get("owners", []) and name not in self.models:
                 rec["owners"] = [o for o in rec["owners"] if o != self.pipeline]
                 if not rec["owners"]:
                     if (self.repo / name).exists():
-                        os.rename(self.repo / name, trash / name)
+                        journal.move(self.repo / name, trash / name)
                     del manifest["models"][name]
                     removed.append(name)
+
         for name, record in self.models.items():
+            action, version = actions[name]
             old = manifest["models"].get(name, {})
             owners = sorted({*old.get("owners", []), self.pipeline})
-            if name in unchanged:
-                manifest["models"][name] = {**old, **record, "owners": owners}
+            staged, dest = self.model_dir(name), self.repo / name
+            files = {k: v for k, v in record.pop("files").items()}
+            if action == "new":
+                journal.move(staged, dest)
+                manifest["models"][name] = {**record, "owners": owners, "files": files,
+                                            "versions": {"1": _version_record(record)}}
                 continue
-            dest = self.repo / name
-            if dest.exists():
-                os.rename(dest, trash / name)
-            os.rename(self.model_dir(name), dest)
-            manifest["models"][name] = {**record, "owners": owners}
+            versions = dict(old.get("versions") or {str(old.get("version", 1)): _version_record(old)})
+            tree = dict(old["files"])
+            if action in ("config", "version+config"):
+                journal.replace(staged / CONFIG, dest / CONFIG, trash / f"{name}.{CONFIG}")
+                tree[CONFIG] = files[CONFIG]
+            if action.startswith("version"):
+                journal.move(staged / "1", dest / str(version))
+                tree.update({f"{version}/{k}": v for k, v in _version_files(files, 1).items()})
+                versions[str(version)] = _version_record(record)
+                for old_version in sorted(int(v) for v in versions)[:-keep_versions]:
+                    if (dest / str(old_version)).exists():
+                        journal.move(dest / str(old_version), trash / f"{name}.v{old_version}")
+                    del versions[str(old_version)]
+                    tree = {k: v for k, v in tree.items() if not k.startswith(f"{old_version}/")}
+            new_version = action.startswith("version")
+            latest = version if new_version else int(old.get("version", 1))
+            fields = record if new_version else {k: v for k, v in record.items() if k != "version"}
+            manifest["models"][name] = {**old, **fields, "version": latest, "owners": owners, "files": tree,
+                                        "versions": versions, "version_policy": None}
         manifest["pipelines"][self.pipeline] = {**pipeline_record, "models": sorted(self.models)}
-        write_json_atomic(self.repo / MANIFEST, manifest)
+        new_manifest = self.staging / MANIFEST
+        write_json_atomic(new_manifest, manifest)
+        failpoint("before-commit")
+        journal.commit(new_manifest)
         return removed
+
+
+def _remove_stale_staging(parent: Path, repo_name: str) -> None:
+    """Staging folders of builds that were killed (their process is gone) are removed;
+    run after journal recovery, which may still need a killed commit's staging folder."""
+    for folder in parent.glob(f".{repo_name}.staging-*"):
+        pid = folder.name.rsplit(".staging-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _version_files(files: Mapping[str, str], version: int) -> dict[str, str]:
+    prefix = f"{version}/"
+    return {k[len(prefix):]: v for k, v in files.items() if k.startswith(prefix)}
+
+
+def _version_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What the manifest keeps per version: how that artifact was made and checked."""
+    keep = ("artifact_sha256", "artifact_key", "size_bytes", "parity", "variant", "calibration", "engine", "fitted")
+    return {k: record[k] for k in keep if k in record}
