@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import markdown_table, machine, record_section, today
+from common import machine, markdown_table, record_section, today
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import markdown_table, machine, record_section, today
+from common import machine, markdown_table, record_section, today
 
 THRESHOLDS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import markdown_table, machine, record_section, today
+from common import machine, markdown_table, record_section, today
 
 MEMBERS = ("cnn_small_a", "cnn_small_b", "cnn_small_c", "cnn_large")
 PIPELINES = ("digits", "digits_geometric", "digits_weighted", "digits_vote", "digits_stacking", "digits_rescore",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from common import ROOT, markdown_table, machine, record_section, today
+from common import ROOT, machine, markdown_table, record_section, today
 
 SMALL = {"architecture": "examples.digits.models:DigitsCNN", "kwargs": {"width": 8, "hidden": 64}}
 LARGE = {"architecture": "examples.digits.models:LargeDigitsCNN", "kwargs": {"width": 16, "hidden": 128}}

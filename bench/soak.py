@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import markdown_table, machine, record_section, today
+from common import machine, markdown_table, record_section, today
 
 
 def _kill_stub_later(server, model: str, delay: float, killed: list) -> threading.Thread:

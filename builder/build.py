@@ -25,27 +25,28 @@ import datetime as dt
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from builder.data import SPLITS, Split, load_split, parity_inputs
 from builder.errors import ConversionError, RepositoryError, SpecError
-from builder.failpoints import failpoint
-from builder.fusion.fit import fit_stacking, fit_weights
-from builder.fusion.ops import to_probabilities
 from builder.export.fp16 import ConvertToFp16
 from builder.export.int8 import QuantizeInt8
 from builder.export.onnx import ExportOnnx
 from builder.export.trt import INSTALL_HINT, BuildEngine, engine_record, run_engine, tensorrt_version
+from builder.failpoints import failpoint
+from builder.fusion.fit import fit_stacking, fit_weights
+from builder.fusion.ops import to_probabilities
 from builder.loaders import LoadTorchModel
 from builder.pipeline import SkipStep, Status, Step, StepResult, run_steps
+from builder.repository.config import TensorConfig, parse_pbtxt, tensors_of
 from builder.repository.ensemble import check_ensemble
 from builder.repository.journal import recover
 from builder.repository.manifest import read_manifest, sha256_file, tool_versions
-from builder.repository.config import TensorConfig, parse_pbtxt, tensors_of
 from builder.repository.plan import (
     ONNX_FILE,
     PLAN_FILE,

@@ -12,9 +12,9 @@ Each loader has an eager twin function (``load_torch_model``) for direct use.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
-import hashlib
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -369,8 +369,8 @@ class ChainOutput(_Strict):
 
 
 FusionSpec = Annotated[
-    Union[MeanFusion, GeometricMeanFusion, WeightedMeanFusion, VoteFusion, StackingFusion, RescoreFusion,
-          DetectionFusion, CascadeFusion, RouteFusion, ChainOutput],
+    MeanFusion | GeometricMeanFusion | WeightedMeanFusion | VoteFusion | StackingFusion | RescoreFusion
+    | DetectionFusion | CascadeFusion | RouteFusion | ChainOutput,
     Field(discriminator="type"),
 ]
 CLASSIFICATION_FUSIONS = ("mean", "geometric_mean", "weighted_mean", "vote", "stacking", "rescore")

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from clients.bench import BenchReport, ModelBench
 

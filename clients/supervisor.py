@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from builder.repository.manifest import MANIFEST
 

@@ -32,7 +32,10 @@ def _fusion(n: int = 2, dtype: str = "float32") -> ModelConfig:
     )
 
 
-def _ensemble(steps, outputs=(TensorConfig("probabilities", "float32", (10,)),)) -> ModelConfig:
+PROBABILITIES = (TensorConfig("probabilities", "float32", (10,)),)
+
+
+def _ensemble(steps, outputs=PROBABILITIES) -> ModelConfig:
     return ModelConfig(name="ens", platform="ensemble", inputs=(IMAGE,), outputs=tuple(outputs),
                        max_batch_size=8, instance_kind=None, ensemble_steps=tuple(steps))
 

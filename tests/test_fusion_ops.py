@@ -87,7 +87,7 @@ def test_ops_module_is_self_contained():
         for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
         for alias in node.names
     }
-    assert imported <= {"__future__", "numpy", "typing", "math", "torch"}, imported  # torch: lazily, on GPU
+    assert imported <= {"__future__", "collections", "numpy", "typing", "math", "torch"}, imported  # torch: lazily, on GPU
 
 
 # --------------------------------------------------------------------------- more fusions

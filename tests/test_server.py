@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from builder.errors import ServerError
+from builder.repository.verify import verify
 from clients.accuracy import evaluate_accuracy
 from clients.server import TritonServer
 
@@ -64,6 +65,19 @@ def test_served_accuracy_equals_pytorch_accuracy(triton, local_build, torch_mode
             assert served.accuracy == pytest.approx(float((_torch_logits(model, x).argmax(1) == y).mean()))
         ensemble = evaluate_accuracy(client, spec.name, x, y, batch_size=37)
         assert ensemble.samples == len(y) and 0.9 < ensemble.accuracy <= 1.0
+
+
+def test_a_served_repository_still_verifies(triton, local_build, digits_data):
+    """Python-backend stubs import model.py from the version folders and leave __pycache__ there
+    (the stub's embedded interpreter ignores PYTHONDONTWRITEBYTECODE); verify must not call that
+    a modification, and every built file must still match its recorded sha256."""
+    spec, result = local_build
+    with triton.client("grpc") as client:
+        client.infer(spec.name, digits_data["x_test"][:4])
+    assert list(result.repository.rglob("__pycache__")), "expected the stubs to have written bytecode"
+    report = verify(result.repository)
+    assert report.ok, report.problems
+    assert report.files > 0 and report.models == len(list(p for p in result.repository.iterdir() if p.is_dir()))
 
 
 def test_a_bad_request_is_a_clear_error(triton, digits_data):

@@ -23,7 +23,14 @@ class ConvertToFp16(Loader[Path]):
 
     def call_impl(self) -> Path:
         import onnx
-        from onnxconverter_common import float16
+
+        try:
+            from onnxconverter_common import float16
+        except ImportError:
+            raise ConversionError(
+                f"{self.name}: fp16 variants need onnxconverter-common, which is not installed; "
+                "fix: pip install onnxconverter-common (a tritonfleet dependency), or drop fp16 from precision.variants"
+            ) from None
 
         source = resolve(self.onnx_path)
         try:

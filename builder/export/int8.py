@@ -8,8 +8,9 @@ engines from (TensorRT 11 has no calibrators left, so the scales must live in th
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

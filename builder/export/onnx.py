@@ -12,8 +12,9 @@ is a :class:`ConversionError` naming the model and what to change.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

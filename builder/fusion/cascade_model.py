@@ -10,8 +10,8 @@ the accuracy/latency trade-off without a rebuild. Output ``stage`` says who answ
 import json
 
 import numpy as np
-import tritonfleet_serving as serving
 import triton_python_backend_utils as pb_utils
+import tritonfleet_serving as serving
 
 
 class TritonPythonModel:

@@ -12,7 +12,7 @@ pickled estimators: the serving side only evaluates them with ``ops.py``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

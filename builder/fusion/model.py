@@ -5,8 +5,8 @@ The math lives in ``ops.py``; this file only moves tensors. Parameters: config
 dynamic batcher groups are fused in one call. Inputs on a GPU stay there (DLPack -> torch).
 """
 
-import tritonfleet_serving as serving
 import triton_python_backend_utils as pb_utils
+import tritonfleet_serving as serving
 
 
 class TritonPythonModel:

@@ -13,7 +13,8 @@ index; ties between classes go to the lowest class index.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

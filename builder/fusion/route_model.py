@@ -13,8 +13,8 @@ shadow_error) on the server's metrics endpoint; output ``route`` says 0 current,
 import asyncio
 
 import numpy as np
-import tritonfleet_serving as serving
 import triton_python_backend_utils as pb_utils
+import tritonfleet_serving as serving
 
 ROUTES = ("current", "candidate", "fallback", "shadow", "shadow_error")
 

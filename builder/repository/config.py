@@ -7,8 +7,9 @@ in ``ParseDict`` instead of producing a config Triton would reject at load time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from builder.dtypes import from_config_dtype, triton_config_dtype
 from builder.specs import TensorSpec

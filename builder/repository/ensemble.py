@@ -9,7 +9,7 @@ producer and consumer agree on dtype and shape, and every ensemble output is pro
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from builder.errors import SpecError
 from builder.repository.config import ModelConfig, TensorConfig

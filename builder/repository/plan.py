@@ -22,8 +22,9 @@ Every precision variant is its own model (``cnn_a``, ``cnn_a_fp16``, ``cnn_a_int
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from builder.repository.config import DynamicBatchingConfig, EnsembleStep, ModelConfig, TensorConfig
 from builder.specs import MemberSpec, PipelineSpec, TensorSpec

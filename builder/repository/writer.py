@@ -24,8 +24,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from builder.errors import RepositoryError
 from builder.failpoints import failpoint

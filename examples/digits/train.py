@@ -20,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -180,7 +180,7 @@ def _ensure_chain(artifacts: Path, data: dict[str, np.ndarray], bar) -> None:
     if current and all((artifacts / f"{n}.pt").is_file() for n in CHAIN.files()):
         return
     task = bar.add_task(CHAIN.name, total=2 * CHAIN.epochs)
-    models = train_chain(CHAIN, data, on_epoch=lambda: bar.advance(task))
+    models = train_chain(CHAIN, data, on_epoch=lambda task=task: bar.advance(task))
     for name, model in zip(CHAIN.files(), models):
         torch.save(model.state_dict(), artifacts / f"{name}.pt")
     backbone, head_a, head_b = models
@@ -225,7 +225,7 @@ def ensure_trained(
         _ensure_chain(artifacts, data, bar)
         for recipe in todo:
             task = bar.add_task(recipe.name, total=recipe.epochs)
-            model = train_one(recipe, data, on_epoch=lambda: bar.advance(task))
+            model = train_one(recipe, data, on_epoch=lambda task=task: bar.advance(task))
             torch.save(model.state_dict(), artifacts / f"{recipe.name}.pt")
             meta = {
                 "name": recipe.name,
