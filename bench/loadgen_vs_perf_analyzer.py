@@ -36,13 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="cnn_small_a,digits")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--setups", default="shared,pinned")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--window", type=float, default=3.0, help="seconds per measurement window")
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     from builder.data import load_split
+    from builder.errors import ServerError
     from builder.specs import load_spec
     from clients.loadgen import LoadConfig, run_load
     from clients.perf import PerfAnalyzerConfig, run_perf_analyzer, write_input_data
@@ -68,17 +69,28 @@ def main(argv: list[str] | None = None) -> int:
                 data = write_input_data(Path(tmp) / "input.json", {"image": x})
                 for model in args.models.split(","):
                     config = PerfAnalyzerConfig(model, url, concurrency=(args.concurrency,), input_data=data,
-                                                measurement_interval_ms=int(args.window * 1000), max_trials=20)
-                    pa_a, pa_b, own, own_cpu, own_reqs = [], [], [], 0.0, 0
+                                                measurement_interval_ms=int(args.window * 1000), max_trials=10)
+                    pa_a, pa_b, own, own_cpu, own_reqs, dropped = [], [], [], 0.0, 0, 0
                     for _ in range(args.rounds):
-                        pa_a.append(run_perf_analyzer(config)[0].infer_per_s)
-                        c0 = time.process_time()
-                        res = run_load(url, LoadConfig(model, concurrency=args.concurrency, warmup_s=1.0,
-                                                       window_s=args.window, max_windows=5), [x])
-                        own_cpu += time.process_time() - c0
-                        own_reqs += res.completed
+                        try:
+                            before = run_perf_analyzer(config)[0].infer_per_s
+                            c0 = time.process_time()
+                            res = run_load(url, LoadConfig(model, concurrency=args.concurrency, warmup_s=1.0,
+                                                           window_s=args.window, max_windows=5), [x])
+                            cpu = time.process_time() - c0
+                            after = run_perf_analyzer(config)[0].infer_per_s
+                        except ServerError as exc:  # perf_analyzer found no stable window: drop the round
+                            print(f"{setup}/{model}: round dropped: {str(exc).splitlines()[-1]}", file=sys.stderr)
+                            dropped += 1
+                            continue
+                        pa_a.append(before)
+                        pa_b.append(after)
                         own.append(res.infer_per_s)
-                        pa_b.append(run_perf_analyzer(config)[0].infer_per_s)
+                        own_cpu += cpu
+                        own_reqs += res.completed
+                    if not own:
+                        rows.append([setup, model, args.concurrency, "unstable", "-", "-", "-", "-", "-"])
+                        continue
                     pa_a, pa_b, own = map(np.asarray, (pa_a, pa_b, own))
                     ratio = float(np.median(own / ((pa_a + pa_b) / 2)))
                     noise = float(np.median(pa_b / pa_a))
@@ -87,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append([setup, model, args.concurrency, f"{np.median([*pa_a, *pa_b]):,.0f}",
                                  f"{np.median(own):,.0f}", f"{ratio:.3f}", f"{noise:.3f}",
                                  f"{1e6 * own_cpu / own_reqs:.0f}", "yes" if abs(ratio - 1) <= 0.05 else "no"])
+                    if dropped:
+                        rows[-1][1] += f" ({dropped} unstable round(s) dropped)"
         finally:
             os.sched_setaffinity(0, all_cpus)
 

@@ -37,6 +37,8 @@ class ModelBench:
     accuracy: float | None = None
     samples: int = 0
     runs: list[LoadResult] = field(default_factory=list)
+    member: str | None = None  # the member a precision variant was derived from
+    max_abs_error: float | None = None  # worst parity error vs PyTorch fp32 (from the manifest)
 
     @property
     def peak(self) -> LoadResult | None:
@@ -76,7 +78,9 @@ def describe_models(repository: Path) -> list[ModelBench]:
         if kind == "fusion":
             continue
         owners = rec.get("owners", [])
-        out.append(ModelBench(name, kind, rec.get("precision"), owners[0] if owners else None, rec.get("size_bytes")))
+        errors = [p["max_abs_error"] for p in rec.get("parity") or [] if p.get("max_abs_error") is not None]
+        out.append(ModelBench(name, kind, rec.get("precision"), owners[0] if owners else None, rec.get("size_bytes"),
+                              member=rec.get("member"), max_abs_error=max(errors) if errors else None))
     order = {"member": 0, "baseline": 1, "ensemble": 2, "pipeline": 3}
     return sorted(out, key=lambda m: (order.get(m.kind, 4), m.model))
 

@@ -17,6 +17,7 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
+from builder.variants import drop_points
 from clients.bench import BenchReport, ModelBench
 
 PLOTS = ("throughput_vs_concurrency.png", "latency_vs_concurrency.png", "pareto.png")
@@ -40,12 +41,17 @@ def _rows(report: BenchReport) -> list[dict]:
     measured = [m for m in report.models if m.peak is not None and m.accuracy is not None]
     front = dict(zip((m.model for m in measured),
                      pareto_front([(m.peak.infer_per_s, m.accuracy) for m in measured])))
+    fp32 = {m.member: m.accuracy for m in report.models if m.member and m.precision == "fp32"}
     rows = []
     for m in report.models:
         peak = m.peak
+        reference = fp32.get(m.member) if m.precision not in (None, "fp32") else None
+        drop = drop_points(reference, m.accuracy)
         rows.append({
             "model": m.model, "kind": m.kind, "precision": m.precision or "-",
             "accuracy": "-" if m.accuracy is None else f"{m.accuracy:.4f}",
+            "drop": "-" if drop is None else f"{drop:+.2f}",
+            "error": "-" if m.max_abs_error is None else f"{m.max_abs_error:.1e}",
             "size": "-" if not m.size_bytes else f"{m.size_bytes / 1024:,.0f} KB",
             "peak": "-" if peak is None else f"{peak.infer_per_s:,.0f}",
             "at": "-" if peak is None else str(peak.concurrency),
@@ -58,7 +64,8 @@ def _rows(report: BenchReport) -> list[dict]:
 
 
 COLUMNS = [("model", "model"), ("kind", "kind"), ("precision", "precision"), ("accuracy", "top-1"),
-           ("size", "size"), ("peak", "peak infer/s"), ("at", "at concurrency"), ("p50", "p50 ms"),
+           ("drop", "drop vs fp32 (pt)"), ("error", "max abs err vs PyTorch"), ("size", "size"),
+           ("peak", "peak infer/s"), ("at", "at concurrency"), ("p50", "p50 ms"),
            ("p99", "p99 ms"), ("errors", "errors"), ("pareto", "Pareto front")]
 
 

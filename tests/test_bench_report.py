@@ -78,8 +78,10 @@ def test_pareto_front_on_a_known_table():
 
 def test_report_renders_every_file(tmp_path):
     models = [
-        ModelBench("small", "member", "fp32", "p", 1000, 0.95, 100, [_run("small", 1, 900, 1.0), _run("small", 4, 2000, 2.0)]),
-        ModelBench("small_int8", "member", "int8", "p", 400, 0.94, 100, [_run("small_int8", 1, 1000, 0.9)]),
+        ModelBench("small", "member", "fp32", "p", 1000, 0.95, 100, [_run("small", 1, 900, 1.0), _run("small", 4, 2000, 2.0)],
+                   member="small", max_abs_error=6e-6),
+        ModelBench("small_int8", "member", "int8", "p", 400, 0.94, 100, [_run("small_int8", 1, 1000, 0.9)],
+                   member="small", max_abs_error=0.25),
         ModelBench("large", "baseline", "fp32", "p", 5000, 0.99, 100, [_run("large", 1, 400, 2.5)]),
         ModelBench("ens", "ensemble", None, "p", None, 0.97, 100, [_run("ens", 1, 300, 3.0)]),
     ]
@@ -99,6 +101,9 @@ def test_report_renders_every_file(tmp_path):
     assert [m.model for m in front_models(again)] == ["small", "large"]  # int8 and ens are dominated
     row = next(line for line in text.splitlines() if line.startswith("| large "))
     assert row.rstrip().endswith("| yes |")
+    # the int8 variant's drop is measured against its own member's fp32 accuracy: 95% -> 94%
+    cells = [c.strip() for c in next(line for line in text.splitlines() if line.startswith("| small_int8 ")).split("|")]
+    assert cells[5:7] == ["+1.00", "2.5e-01"]
 
 
 def test_bench_cli_against_a_running_server(triton, tmp_path):
@@ -123,3 +128,5 @@ def test_describe_models_reads_the_manifest(local_build):
     assert "digits_fusion" not in described
     assert described["digits"].kind == "ensemble"
     assert described["cnn_small_a_int8"].precision == "int8" and described["cnn_small_a_int8"].size_bytes > 0
+    assert described["cnn_small_a_int8"].member == "cnn_small_a"
+    assert 0 < described["cnn_small_a"].max_abs_error < described["cnn_small_a_int8"].max_abs_error

@@ -59,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
     print_build(results[names[0]])
     for name in names[1:]:
         r = results[name]
-        fitted = f", fitted {r.fitted.get('weights') or r.fitted.get('train_accuracy')}" if r.fitted else ""
+        fitted = ""
+        if "weights" in r.fitted:
+            fitted = ", fitted weights " + " ".join(f"{w:.3f}" for w in r.fitted["weights"])
+        elif "train_accuracy" in r.fitted:
+            fitted = f", stacker fitted on data.validation (accuracy there {r.fitted['train_accuracy']:.4f})"
         out.print(f"  {name}: {len(r.models)} models ({len(r.problems)} problems{fitted})")
     repository = results[names[0]].repository
 
