@@ -15,13 +15,11 @@ with the batch.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from common import machine, markdown_table, record_section, today
+from common import machine, markdown_table, publish, today
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,12 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"{machine()}; onnxruntime CPU, {threads} intra-op thread(s) on both sides, one model instance; served at "
             f"concurrency {args.concurrency} over gRPC; {args.rounds} alternating rounds of {args.window:g}s; "
             f"{today()}\n\n{table}")
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(raw, indent=2))
-    if args.record:
-        command = " ".join(["python bench/backend_overhead.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"recorded in {record_section('backend_overhead', 'Python-backend member vs in-process onnxruntime', text, command)}")
+    publish(__file__, text, raw, args, argv, 'backend_overhead',
+            'Python-backend member vs in-process onnxruntime')
     return 0
 
 

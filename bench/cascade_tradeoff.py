@@ -11,13 +11,11 @@ with the small and the large model alone.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from common import machine, markdown_table, record_section, today
+from common import machine, markdown_table, publish, today
 
 THRESHOLDS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 
@@ -77,12 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     text = (f"{machine()}; local target; concurrency {args.concurrency}; digits test split ({len(y)} samples); "
             f"{today()}\n\n{table}")
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps([{**r, "load": r["load"].to_dict()} for r in rows], indent=2, default=str))
-    if args.record:
-        command = " ".join(["python bench/cascade_tradeoff.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"recorded in {record_section('cascade', 'Cascade trade-off (bench/cascade_tradeoff.py)', text, command)}")
+    publish(__file__, text, [{**r, "load": r["load"].to_dict()} for r in rows], args, argv, 'cascade',
+            'Cascade trade-off (bench/cascade_tradeoff.py)')
     return 0
 
 

@@ -43,3 +43,17 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+
+def publish(script: str, text: str, raw, args, argv: list[str] | None, key: str, title: str) -> None:
+    """Print ``text``; with ``--json`` also write ``raw``; with ``--record`` rewrite the section
+    ``key`` of docs/BENCHMARKS.md, naming the exact command (``script`` is the caller's __file__)."""
+    import json
+
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(raw, indent=2, default=str))
+    if args.record:
+        command = " ".join([f"python bench/{Path(script).name}", *(argv if argv is not None else sys.argv[1:])])
+        print(f"recorded in {record_section(key, title, text, command)}")

@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import machine, markdown_table, record_section, today
+from common import machine, markdown_table, publish, today
 
 MEMBERS = ("cnn_small_a", "cnn_small_b", "cnn_small_c")
 
@@ -99,12 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                             "ratio (median of rounds)", "goal >= 1.5x"], rows)
     text = (f"{machine()}; `digits` ensemble (3 members + mean fusion), local target, gRPC asyncio client for both; "
             f"{args.rounds} alternating rounds of {args.seconds:g}s; {today()}\n\n{table}")
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(raw, indent=2))
-    if args.record:
-        command = " ".join(["python bench/ensemble_vs_client.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"recorded in {record_section('ensemble_vs_client', 'Server-side ensemble vs client-side fusion', text, command)}")
+    publish(__file__, text, raw, args, argv, 'ensemble_vs_client',
+            'Server-side ensemble vs client-side fusion')
     return 0
 
 

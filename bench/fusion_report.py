@@ -14,14 +14,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import machine, markdown_table, record_section, today
+from common import machine, markdown_table, publish, today
 
 MEMBERS = ("cnn_small_a", "cnn_small_b", "cnn_small_c", "cnn_large")
 PIPELINES = ("digits", "digits_geometric", "digits_weighted", "digits_vote", "digits_stacking", "digits_rescore",
@@ -96,13 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"{machine()}; local target (every step is a Python-backend model); concurrency {args.concurrency}; "
               f"test split of digits ({len(test.labels)} samples); {today()}")
     text = f"{header}\n\n{accuracy}\n\nFusion step cost in the `digits` ensemble (Triton statistics API):\n\n{overhead}"
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps({"accuracy": [r.to_dict() for r in rows], "cost": cost}, indent=2,
-                                        default=str))
-    if args.record:
-        command = " ".join(["python bench/fusion_report.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"recorded in {record_section('fusion_report', 'Fusion patterns (bench/fusion_report.py)', text, command)}")
+    publish(__file__, text, {"accuracy": [r.to_dict() for r in rows], "cost": cost}, args, argv, 'fusion_report',
+            'Fusion patterns (bench/fusion_report.py)')
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import platform
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ROOT, record_section
+from common import ROOT, publish
 
 DEFAULT_SPEC = ROOT / "ensemble_configs" / "digits.yaml"
 
@@ -176,12 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             table.append(f"| {r['model']} | {r['runtime']} | {r['samples_per_s']:,.0f} | {r['ratio']:.2f}x | "
                          f"{r['accuracy']:.4f} |")
     text = "\n".join([header, "", *table])
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
-    if args.record:
-        command = " ".join(["python bench/gpu_check.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"recorded in {record_section('gpu_check', 'Runtimes side by side (bench/gpu_check.py)', text, command)}")
+    publish(__file__, text, {"header": header, "rows": rows}, args, argv, 'gpu_check',
+            'Runtimes side by side (bench/gpu_check.py)')
     return 0
 
 

@@ -18,7 +18,6 @@ its own CPU lowers the number).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import machine, markdown_table, record_section, today
+from common import machine, markdown_table, publish, today
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,12 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                             "loadgen client CPU us/request", "within 5%"], rows)
     text = (f"{machine()}; gRPC, batch 1, real digits samples; median of {args.rounds} rounds "
             f"(perf_analyzer, loadgen, perf_analyzer) with {args.window:g}s windows; {today()}\n\n{table}")
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(raw, indent=2))
-    if args.record:
-        command = " ".join(["python bench/loadgen_vs_perf_analyzer.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"recorded in {record_section('loadgen_vs_pa', 'Own load generator vs perf_analyzer', text, command)}")
+    publish(__file__, text, raw, args, argv, 'loadgen_vs_pa',
+            'Own load generator vs perf_analyzer')
     return 0
 
 

@@ -16,14 +16,12 @@ verdict line, whichever way it comes out.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from common import ROOT, machine, markdown_table, record_section, today
+from common import ROOT, machine, markdown_table, publish, today
 
 SMALL = {"architecture": "examples.digits.models:DigitsCNN", "kwargs": {"width": 8, "hidden": 64}}
 LARGE = {"architecture": "examples.digits.models:LargeDigitsCNN", "kwargs": {"width": 16, "hidden": 128}}
@@ -102,12 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"{machine()}; digits with Gaussian pixel noise, 360 test samples per level; local target, "
             f"concurrency {args.concurrency}; {today()}\n\n{table}\n\n![small vs large]({args.plot.name})\n\n"
             + "\n".join(f"- {v}" for v in verdicts))
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "trained_test_accuracy": trained_acc}, indent=2))
-    if args.record:
-        command = " ".join(["python bench/small_vs_large.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"recorded in {record_section('small_vs_large', 'Small ensembles vs one large model', text, command)}")
+    publish(__file__, text, {"results": results, "trained_test_accuracy": trained_acc}, args, argv, 'small_vs_large',
+            'Small ensembles vs one large model')
     return 0
 
 

@@ -13,15 +13,13 @@ would see during the restart.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
-from common import machine, markdown_table, record_section, today
+from common import machine, markdown_table, publish, today
 
 
 def _kill_stub_later(server, model: str, delay: float, killed: list) -> threading.Thread:
@@ -87,14 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{restarts}; errors seen by this non-retrying client: {result.error_messages}")
     text = (f"{machine()}; `{args.model}` ensemble, batch 1, concurrency {args.concurrency}, gRPC on loopback; "
             f"{today()}\n\n{summary}\n\n{table}")
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(result.to_dict(), indent=2))
-    if args.record:
-        key = "soak_fault" if supervised else "soak"
-        title = "Soak with a stub killed mid-run" if supervised else "Soak"
-        command = " ".join(["python bench/soak.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"recorded in {record_section(key, title + ' (bench/soak.py)', text, command)}")
+    publish(__file__, text, result.to_dict(), args, argv, "soak_fault" if supervised else "soak",
+            ("Soak with a stub killed mid-run" if supervised else "Soak") + " (bench/soak.py)")
     return 0
 
 

@@ -76,17 +76,22 @@ def _figure(width=7.5, height=4.5):
     return fig, fig.add_subplot(1, 1, 1)
 
 
+def _save(fig, ax, path: Path, legend_size: int = 6, **labels) -> None:
+    """Label, grid, legend and write one plot."""
+    ax.set(**labels)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size, ncol=2 if legend_size < 7 else 1)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def _plot_sweeps(report: BenchReport, out: Path) -> None:
     fig, ax = _figure()
     for m in report.models:
         if m.runs:
             ax.plot([r.concurrency for r in m.runs], [r.infer_per_s for r in m.runs], marker="o", label=m.model)
-    ax.set(xlabel="concurrency (requests in flight)", ylabel="throughput (inferences/s)",
-           title="Throughput vs concurrency")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / PLOTS[0])
+    _save(fig, ax, out / PLOTS[0], xlabel="concurrency (requests in flight)", ylabel="throughput (inferences/s)",
+          title="Throughput vs concurrency")
 
     fig, ax = _figure()
     for i, m in enumerate(m for m in report.models if m.runs):
@@ -94,12 +99,8 @@ def _plot_sweeps(report: BenchReport, out: Path) -> None:
         xs = [r.concurrency for r in m.runs]
         ax.plot(xs, [r.latency_ms.get("p50", float("nan")) for r in m.runs], color=color, marker="o", label=m.model)
         ax.plot(xs, [r.latency_ms.get("p99", float("nan")) for r in m.runs], color=color, linestyle="--")
-    ax.set(xlabel="concurrency (requests in flight)", ylabel="latency (ms): p50 solid, p99 dashed",
-           title="Latency vs concurrency")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / PLOTS[1])
+    _save(fig, ax, out / PLOTS[1], xlabel="concurrency (requests in flight)",
+          ylabel="latency (ms): p50 solid, p99 dashed", title="Latency vs concurrency")
 
 
 def _plot_pareto(report: BenchReport, out: Path) -> None:
@@ -119,12 +120,8 @@ def _plot_pareto(report: BenchReport, out: Path) -> None:
     for kind, (marker, color) in KIND_STYLE.items():
         if any(m.kind == kind for m in measured):
             ax.scatter([], [], marker=marker, color=color, label=kind)
-    ax.set(xlabel="peak throughput (inferences/s)", ylabel="top-1 accuracy (%)",
-           title="Accuracy vs throughput (outlined: on the Pareto front)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / PLOTS[2])
+    _save(fig, ax, out / PLOTS[2], legend_size=7, xlabel="peak throughput (inferences/s)", ylabel="top-1 accuracy (%)",
+          title="Accuracy vs throughput (outlined: on the Pareto front)")
 
 
 def _markdown(report: BenchReport, rows: list[dict]) -> str:
