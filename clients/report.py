@@ -76,11 +76,11 @@ def _figure(width=7.5, height=4.5):
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def _save(fig, ax, path: Path, legend_size: int = 6, **labels) -> None:
+def _save(fig, ax, path: Path, legend_size: int = 6, legend_columns: int = 2, **labels) -> None:
     """Label, grid, legend and write one plot."""
     ax.set(**labels)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_size, ncol=2 if legend_size < 7 else 1)
+    ax.legend(fontsize=legend_size, ncol=legend_columns)
     fig.tight_layout()
     fig.savefig(path)
 
@@ -120,7 +120,8 @@ def _plot_pareto(report: BenchReport, out: Path) -> None:
     for kind, (marker, color) in KIND_STYLE.items():
         if any(m.kind == kind for m in measured):
             ax.scatter([], [], marker=marker, color=color, label=kind)
-    _save(fig, ax, out / PLOTS[2], legend_size=7, xlabel="peak throughput (inferences/s)", ylabel="top-1 accuracy (%)",
+    _save(fig, ax, out / PLOTS[2], legend_size=7, legend_columns=1,
+          xlabel="peak throughput (inferences/s)", ylabel="top-1 accuracy (%)",
           title="Accuracy vs throughput (outlined: on the Pareto front)")
 
 
