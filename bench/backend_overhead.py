@@ -14,24 +14,20 @@ with the batch.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
-from common import machine, markdown_table, publish, today
+from common import bench_parser, machine, markdown_table, publish, today
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=None, help="repository (default: a temporary folder)")
+    parser = bench_parser(__doc__, repository="a temporary folder")
     parser.add_argument("--models", default="cnn_small_a,cnn_large")
     parser.add_argument("--batch-sizes", default="1,16,64,256,512")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--window", type=float, default=2.0)
-    parser.add_argument("--record", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     import tempfile

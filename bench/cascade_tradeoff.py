@@ -10,25 +10,19 @@ with the small and the large model alone.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 
-from common import machine, markdown_table, publish, today
+from common import bench_parser, machine, markdown_table, publish, today
 
 THRESHOLDS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=None, help="repository (default: model_repository/)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)))
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--window", type=float, default=1.0)
-    parser.add_argument("--record", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     import tritonclient.grpc as grpcclient

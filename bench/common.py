@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import platform
 import sys
@@ -57,3 +58,14 @@ def publish(script: str, text: str, raw, args, argv: list[str] | None, key: str,
     if args.record:
         command = " ".join([f"python bench/{Path(script).name}", *(argv if argv is not None else sys.argv[1:])])
         print(f"recorded in {record_section(key, title, text, command)}")
+
+
+def bench_parser(doc: str | None, repository: str | None = "model_repository/") -> argparse.ArgumentParser:
+    """The options every bench script shares: ``--record`` and ``--json`` (read by :func:`publish`)
+    and, unless ``repository`` is None, ``--output`` (where the example repository is built)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if repository is not None:
+        parser.add_argument("--output", type=Path, default=None, help=f"repository (default: {repository})")
+    parser.add_argument("--record", action="store_true", help="write the result into docs/BENCHMARKS.md")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
+    return parser

@@ -11,15 +11,13 @@ per-round throughput ratios. Goal: >= 1.5x.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import time
-from pathlib import Path
 
 import numpy as np
 
-from common import machine, markdown_table, publish, today
+from common import bench_parser, machine, markdown_table, publish, today
 
 MEMBERS = ("cnn_small_a", "cnn_small_b", "cnn_small_c")
 
@@ -62,14 +60,11 @@ async def _throughput(url: str, batches, concurrency: int, seconds: float, clien
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=None, help="repository (default: model_repository/)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--record", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     from builder.data import load_split

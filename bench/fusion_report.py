@@ -13,13 +13,11 @@
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
-from common import machine, markdown_table, publish, today
+from common import bench_parser, machine, markdown_table, publish, today
 
 MEMBERS = ("cnn_small_a", "cnn_small_b", "cnn_small_c", "cnn_large")
 PIPELINES = ("digits", "digits_geometric", "digits_weighted", "digits_vote", "digits_stacking", "digits_rescore",
@@ -41,13 +39,10 @@ def fusion_math_us(batch: int, repeats: int = 2000) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=None, help="repository (default: model_repository/)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--window", type=float, default=1.5, help="seconds per measurement window")
-    parser.add_argument("--record", action="store_true", help="write the tables into docs/BENCHMARKS.md")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     from builder.data import load_split

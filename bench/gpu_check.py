@@ -12,7 +12,6 @@ top-1 accuracy on the digits test split. Missing runtimes are listed with the re
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import platform
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ROOT, publish
+from common import ROOT, bench_parser, publish
 
 DEFAULT_SPEC = ROOT / "ensemble_configs" / "digits.yaml"
 
@@ -97,7 +96,7 @@ def runners_for(member, model, onnx_paths: dict[str, Path], device: str, batch: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, repository=None)
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC,
                         help="pipeline spec (default: the digits example, trained on first use)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
@@ -105,8 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per runtime and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--models", default=None, help="comma-separated subset of the spec's models")
-    parser.add_argument("--record", action="store_true", help="write the table into docs/BENCHMARKS.md")
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = parser.parse_args(argv)
 
     import torch

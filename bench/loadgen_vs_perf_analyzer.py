@@ -17,7 +17,6 @@ its own CPU lowers the number).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -26,19 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from common import machine, markdown_table, publish, today
+from common import bench_parser, machine, markdown_table, publish, today
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=None, help="repository (default: model_repository/)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--models", default="cnn_small_a,digits")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--setups", default="shared,pinned")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--window", type=float, default=3.0, help="seconds per measurement window")
-    parser.add_argument("--record", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     from builder.data import load_split

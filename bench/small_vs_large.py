@@ -15,13 +15,12 @@ verdict line, whichever way it comes out.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from common import ROOT, machine, markdown_table, publish, today
+from common import ROOT, bench_parser, machine, markdown_table, publish, today
 
 SMALL = {"architecture": "examples.digits.models:DigitsCNN", "kwargs": {"width": 8, "hidden": 64}}
 LARGE = {"architecture": "examples.digits.models:LargeDigitsCNN", "kwargs": {"width": 16, "hidden": 128}}
@@ -70,15 +69,13 @@ def spec_for(name: str, members: list[str], artifacts: Path, repo: Path, baselin
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, repository=None)
     parser.add_argument("--noise", default="0.2,0.35,0.5", help="std of the Gaussian pixel noise, one run per value")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--window", type=float, default=1.5)
     parser.add_argument("--workdir", type=Path, default=None, help="keep models and repository here")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "small_vs_large.png")
-    parser.add_argument("--record", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tritonfleet-small-vs-large-"))

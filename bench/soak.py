@@ -12,14 +12,13 @@ would see during the restart.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import threading
 import time
 from pathlib import Path
 
-from common import machine, markdown_table, publish, today
+from common import bench_parser, machine, markdown_table, publish, today
 
 
 def _kill_stub_later(server, model: str, delay: float, killed: list) -> threading.Thread:
@@ -41,14 +40,11 @@ def _kill_stub_later(server, model: str, delay: float, killed: list) -> threadin
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=None, help="repository (default: model_repository/)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--model", default="digits")
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--kill-stub-at", type=float, default=None, help="kill cnn_small_b's stub at this fraction")
-    parser.add_argument("--record", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     from builder.data import load_split
