@@ -21,11 +21,6 @@ DTYPE_NAMES: tuple[str, ...] = tuple(_TABLE)
 FLOAT_DTYPES: frozenset[str] = frozenset({"float32", "float16", "float64"})
 
 
-def triton_dtype(name: str) -> str:
-    """``"float32"`` -> ``"FP32"`` (what tritonclient's InferInput takes)."""
-    return _TABLE[name][0]
-
-
 def triton_config_dtype(name: str) -> str:
     """``"float32"`` -> ``"TYPE_FP32"`` (what config.pbtxt takes)."""
     return "TYPE_" + _TABLE[name][0]

@@ -189,12 +189,6 @@ def _stacked(scores: Sequence[Any]):
     return xp, stacked
 
 
-def check_scores(scores: Sequence[Any]) -> list:
-    """Members' scores as arrays of one shape ``[batch, classes]``, all finite."""
-    xp, stacked = _stacked(scores)
-    return [stacked[i] for i in range(stacked.shape[0])]
-
-
 def _probs(scores, activation: str):
     """``(xp, [members, batch, classes] float64 probabilities)``."""
     xp, stacked = _stacked(scores)
