@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import bench_parser, machine, markdown_table, publish, today
+from common import ROOT, SPEC_DIR, bench_parser, machine, markdown_table, publish, today
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,16 +32,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import tempfile
 
-    from builder.build import build
-    from builder.data import load_split
-    from builder.specs import load_spec, with_overrides
-    from builder.variants import compare_throughput
-    from clients.loadgen import LoadConfig, run_load
-    from clients.server import TritonServer
-    from examples.build_all import SPEC_DIR
-    from examples.digits.train import ensure_trained
+    from tritonfleet.builder.build import build
+    from tritonfleet.builder.spec import load_spec, with_overrides
+    from tritonfleet.builder.spec.splits import load_split
+    from tritonfleet.builder.stages.variants import compare_throughput
+    from tritonfleet.clients.loadgen import LoadConfig, run_load
+    from tritonfleet.clients.server import TritonServer
+    from tritonfleet.examples.digits.train import ensure_trained
+    from tritonfleet.examples.workdir import artifacts
 
-    ensure_trained(progress=False)
+    ensure_trained(artifacts(ROOT), progress=False)
     batches = [int(v) for v in args.batch_sizes.split(",")]
     # the digits spec, fp32 only, with a max batch large enough for the sweep
     spec = with_overrides(load_spec(SPEC_DIR / "digits.yaml"), {

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common import bench_parser, machine, markdown_table, publish, today
+from common import ROOT, SPEC_DIR, bench_parser, machine, markdown_table, publish, today
 
 THRESHOLDS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 
@@ -27,14 +27,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import tritonclient.grpc as grpcclient
 
-    from builder.data import load_split
-    from builder.specs import load_spec
-    from clients.accuracy import evaluate_accuracy
-    from clients.loadgen import LoadConfig, run_load
-    from clients.server import TritonServer
-    from examples.build_all import SPEC_DIR, build_examples
+    from tritonfleet.builder.spec import load_spec
+    from tritonfleet.builder.spec.splits import load_split
+    from tritonfleet.clients.evaluation.accuracy import evaluate_accuracy
+    from tritonfleet.clients.loadgen import LoadConfig, run_load
+    from tritonfleet.clients.server import TritonServer
+    from tritonfleet.examples.workdir import build_examples
 
-    results = build_examples(["digits_cascade"], output_dir=args.output, progress=False)
+    results = build_examples(ROOT, ["digits_cascade"], output_dir=args.output, progress=False)
     test = load_split(load_spec(SPEC_DIR / "digits_cascade.yaml"), "test")
     x, y = test.inputs[0], test.labels
     rows = []

@@ -13,6 +13,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 BENCHMARKS = ROOT / "docs" / "BENCHMARKS.md"
+SPEC_DIR = ROOT / "ensemble_configs"  # the clone is the examples' workdir (tritonfleet.examples.workdir)
 
 
 def machine() -> str:

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from common import bench_parser, machine, markdown_table, publish, today
+from common import ROOT, SPEC_DIR, bench_parser, machine, markdown_table, publish, today
 
 MEMBERS = ("cnn_small_a", "cnn_small_b", "cnn_small_c")
 
@@ -25,7 +25,7 @@ MEMBERS = ("cnn_small_a", "cnn_small_b", "cnn_small_c")
 async def _throughput(url: str, batches, concurrency: int, seconds: float, client_side: bool) -> float:
     import tritonclient.grpc.aio as grpcclient
 
-    from builder.fusion import ops
+    from tritonfleet.builder.runtime import ops
 
     client = grpcclient.InferenceServerClient(url)
     cycle = itertools.cycle(batches)
@@ -67,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     args = parser.parse_args(argv)
 
-    from builder.data import load_split
-    from builder.specs import load_spec
-    from clients.loadgen import make_batches
-    from clients.server import TritonServer
-    from examples.build_all import SPEC_DIR, build_examples
+    from tritonfleet.builder.spec import load_spec
+    from tritonfleet.builder.spec.splits import load_split
+    from tritonfleet.clients.loadgen import make_batches
+    from tritonfleet.clients.server import TritonServer
+    from tritonfleet.examples.workdir import build_examples
 
-    results = build_examples(["digits"], output_dir=args.output, progress=False)
+    results = build_examples(ROOT, ["digits"], output_dir=args.output, progress=False)
     x = load_split(load_spec(SPEC_DIR / "digits.yaml"), "test").inputs[0]
     rows, raw = [], []
     with TritonServer(results["digits"].repository) as server:

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from common import bench_parser, machine, markdown_table, publish, today
+from common import ROOT, SPEC_DIR, bench_parser, machine, markdown_table, publish, today
 
 MEMBERS = ("cnn_small_a", "cnn_small_b", "cnn_small_c", "cnn_large")
 PIPELINES = ("digits", "digits_geometric", "digits_weighted", "digits_vote", "digits_stacking", "digits_rescore",
@@ -26,7 +26,7 @@ STEPS = ("cnn_small_a", "cnn_small_b", "cnn_small_c", "digits_fusion")
 
 
 def fusion_math_us(batch: int, repeats: int = 2000) -> float:
-    from builder.fusion import ops
+    from tritonfleet.builder.runtime import ops
 
     rng = np.random.default_rng(0)
     scores = [rng.normal(size=(batch, 10)).astype(np.float32) for _ in range(3)]
@@ -45,14 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=1.5, help="seconds per measurement window")
     args = parser.parse_args(argv)
 
-    from builder.data import load_split
-    from builder.specs import load_spec
-    from clients.loadgen import LoadConfig, run_load
-    from clients.measure import measure_models
-    from clients.server import TritonServer
-    from examples.build_all import SPEC_DIR, build_examples
+    from tritonfleet.builder.spec import load_spec
+    from tritonfleet.builder.spec.splits import load_split
+    from tritonfleet.clients.evaluation.measure import measure_models
+    from tritonfleet.clients.loadgen import LoadConfig, run_load
+    from tritonfleet.clients.server import TritonServer
+    from tritonfleet.examples.workdir import build_examples
 
-    results = build_examples([p for p in PIPELINES], output_dir=args.output, progress=False)
+    results = build_examples(ROOT, [p for p in PIPELINES], output_dir=args.output, progress=False)
     repo = results["digits"].repository
     test = load_split(load_spec(SPEC_DIR / "digits.yaml"), "test")
     load = LoadConfig(model="", concurrency=args.concurrency, batch_size=8, warmup_s=0.5, window_s=args.window,

@@ -78,7 +78,7 @@ def runners_for(member, model, onnx_paths: dict[str, Path], device: str, batch: 
             lambda s=session: s.run(None, {name: batch}),
         )
 
-    from builder.export.trt import BatchProfile, BuildEngine, run_engine, tensorrt_version
+    from tritonfleet.builder.stages.onnx2trt import BatchProfile, BuildEngine, run_engine, tensorrt_version
 
     if tensorrt_version() is None:
         out["tensorrt"] = "tensorrt package not installed"
@@ -108,13 +108,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from builder.data import load_split
-    from builder.export.fp16 import convert_to_fp16
-    from builder.export.int8 import quantize_int8
-    from builder.export.onnx import export_onnx
-    from builder.loaders import load_torch_model
-    from builder.specs import load_spec
-    from examples.digits.train import DEFAULT_ARTIFACTS, ensure_trained
+    from tritonfleet.builder.spec import load_spec
+    from tritonfleet.builder.spec.splits import load_split
+    from tritonfleet.builder.stages.load_torch import load_torch_model
+    from tritonfleet.builder.stages.onnx2fp16 import convert_to_fp16
+    from tritonfleet.builder.stages.onnx2int8 import quantize_int8
+    from tritonfleet.builder.stages.torch2onnx import export_onnx
+    from tritonfleet.examples.digits.train import ensure_trained
+    from tritonfleet.examples.workdir import artifacts
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     batch_size = args.batch_size or (256 if device == "cuda" else 64)
     if args.spec.resolve() == DEFAULT_SPEC:
-        ensure_trained(DEFAULT_ARTIFACTS, progress=False)
+        ensure_trained(artifacts(ROOT), progress=False)
     spec = load_spec(args.spec)
     test, calib = load_split(spec, "test"), load_split(spec, "calibration")
     wanted = set(args.models.split(",")) if args.models else None

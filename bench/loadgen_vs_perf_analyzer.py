@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import bench_parser, machine, markdown_table, publish, today
+from common import ROOT, SPEC_DIR, bench_parser, machine, markdown_table, publish, today
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,15 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=3.0, help="seconds per measurement window")
     args = parser.parse_args(argv)
 
-    from builder.data import load_split
-    from builder.errors import ServerError
-    from builder.specs import load_spec
-    from clients.loadgen import LoadConfig, run_load
-    from clients.perf import PerfAnalyzerConfig, run_perf_analyzer, write_input_data
-    from clients.server import TritonServer
-    from examples.build_all import SPEC_DIR, build_examples
+    from tritonfleet.builder.spec import load_spec
+    from tritonfleet.builder.spec.splits import load_split
+    from tritonfleet.clients.errors import ServerError
+    from tritonfleet.clients.loadgen import LoadConfig, run_load
+    from tritonfleet.clients.perf import PerfAnalyzerConfig, run_perf_analyzer, write_input_data
+    from tritonfleet.clients.server import TritonServer
+    from tritonfleet.examples.workdir import build_examples
 
-    results = build_examples(["digits"], output_dir=args.output, progress=False)
+    results = build_examples(ROOT, ["digits"], output_dir=args.output, progress=False)
     x = load_split(load_spec(SPEC_DIR / "digits.yaml"), "test").inputs[0]
     all_cpus = os.sched_getaffinity(0)
     rows, raw = [], []

@@ -22,8 +22,8 @@ import yaml
 
 from common import ROOT, bench_parser, machine, markdown_table, publish, today
 
-SMALL = {"architecture": "examples.digits.models:DigitsCNN", "kwargs": {"width": 8, "hidden": 64}}
-LARGE = {"architecture": "examples.digits.models:LargeDigitsCNN", "kwargs": {"width": 16, "hidden": 128}}
+SMALL = {"architecture": "tritonfleet.examples.digits.models:DigitsCNN", "kwargs": {"width": 8, "hidden": 64}}
+LARGE = {"architecture": "tritonfleet.examples.digits.models:LargeDigitsCNN", "kwargs": {"width": 16, "hidden": 128}}
 SIGNATURE = {"inputs": [{"name": "image", "dtype": "float32", "shape": [1, 8, 8]}],
              "outputs": [{"name": "logits", "dtype": "float32", "shape": [10]}]}
 
@@ -32,7 +32,7 @@ def macs(architecture: str, kwargs: dict) -> int:
     """Multiply-accumulates per sample of Conv2d and Linear layers (forward hooks)."""
     import torch
 
-    from examples.digits.train import build_model
+    from tritonfleet.examples.digits.train import build_model
 
     model = build_model(architecture, kwargs).eval()
     total = [0]
@@ -104,13 +104,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def study(work: Path, noise: float, small_macs: int, large_macs: int, args) -> tuple[list[dict], dict]:
     """Train, build and serve one noise level; return its result rows."""
-    from builder.build import build
-    from builder.data import load_split
-    from builder.specs import load_spec
-    from clients.loadgen import LoadConfig
-    from clients.measure import measure_models
-    from clients.server import TritonServer
-    from examples.digits.train import Recipe, ensure_trained
+    from tritonfleet.builder.build import build
+    from tritonfleet.builder.spec import load_spec
+    from tritonfleet.builder.spec.splits import load_split
+    from tritonfleet.clients.evaluation.measure import measure_models
+    from tritonfleet.clients.loadgen import LoadConfig
+    from tritonfleet.clients.server import TritonServer
+    from tritonfleet.examples.digits.train import Recipe, ensure_trained
 
     artifacts, repo = work / "artifacts", work / "model_repository"
     smalls = [f"small_{i}" for i in range(1, 5)]

@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import bench_parser, machine, markdown_table, publish, today
+from common import ROOT, SPEC_DIR, bench_parser, machine, markdown_table, publish, today
 
 
 def _kill_stub_later(server, model: str, delay: float, killed: list) -> threading.Thread:
@@ -47,13 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-stub-at", type=float, default=None, help="kill cnn_small_b's stub at this fraction")
     args = parser.parse_args(argv)
 
-    from builder.data import load_split
-    from builder.specs import load_spec
-    from clients.server import TritonServer
-    from clients.soak import run_soak
-    from examples.build_all import SPEC_DIR, build_examples
+    from tritonfleet.builder.spec import load_spec
+    from tritonfleet.builder.spec.splits import load_split
+    from tritonfleet.clients.loadgen.soak import run_soak
+    from tritonfleet.clients.server import TritonServer
+    from tritonfleet.examples.workdir import build_examples
 
-    results = build_examples(["digits"], output_dir=args.output, progress=False)
+    results = build_examples(ROOT, ["digits"], output_dir=args.output, progress=False)
     x = load_split(load_spec(SPEC_DIR / "digits.yaml"), "test").inputs[0]
     killed: list = []
     supervised = args.kill_stub_at is not None

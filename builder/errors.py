@@ -1,15 +1,10 @@
-"""Errors raised by tritonfleet.
+"""Errors of the builder: the spec, converting models, validating artifacts, the repository.
 
-Every error a user can cause derives from :class:`TritonfleetError`; the CLI prints
-its message (what, where, how to fix) and exits non-zero without a traceback.
-Anything else reaching the CLI is a bug in tritonfleet and keeps its traceback.
+All derive from :class:`tritonfleet.clients.errors.TritonfleetError`, so the command line
+prints each as one message (what, where, how to fix) and exits with code 2.
 """
 
-
-class TritonfleetError(Exception):
-    """Base class of every error tritonfleet raises on purpose."""
-
-    exit_code = 2
+from tritonfleet.clients.errors import TritonfleetError
 
 
 class SpecError(TritonfleetError):
@@ -30,11 +25,3 @@ class ValidationError(TritonfleetError):
 
 class RepositoryError(TritonfleetError):
     """The model repository on disk is missing, inconsistent or not writable."""
-
-
-class ServerError(TritonfleetError):
-    """The Triton server could not be started, reached, or answered with an error."""
-
-
-class MissingDependencyError(TritonfleetError):
-    """An optional dependency (tensorrt, perf_analyzer, ...) is not installed."""

@@ -11,32 +11,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from builder.errors import ServerError
+from tritonfleet.clients.errors import ServerError, UsageError
+from tritonfleet.clients.metadata import ModelMetadata, explain
 
 # Errors worth retrying: the server or a model is (re)starting. "no available versions" is a
 # model being reloaded (e.g. by the supervisor after its stub died).
 TRANSIENT = ("UNAVAILABLE", "Connection refused", "Broken pipe", "Stub process", "not ready",
              "connection reset", "Socket closed", "no available versions")
-
-
-@dataclass(frozen=True)
-class TensorMeta:
-    name: str
-    datatype: str  # Triton short name, e.g. "FP32"
-    shape: tuple[int, ...]  # with the batch dimension (-1) when the model batches
-
-
-@dataclass(frozen=True)
-class ModelMeta:
-    name: str
-    inputs: tuple[TensorMeta, ...]
-    outputs: tuple[TensorMeta, ...]
-    max_batch_size: int
 
 
 class TritonClient:
@@ -58,9 +43,9 @@ class TritonClient:
                 url, connection_timeout=timeout, network_timeout=timeout
             )
         else:
-            raise ValueError(f"protocol must be 'grpc' or 'http', not {protocol!r}")
+            raise UsageError(f"protocol must be 'grpc' or 'http', not {protocol!r}")
         self._module = module
-        self._meta: dict[str, ModelMeta] = {}
+        self._meta: dict[str, ModelMetadata] = {}
 
     def __enter__(self) -> TritonClient:
         return self
@@ -95,21 +80,9 @@ class TritonClient:
         entries = index if isinstance(index, list) else index.get("models", [])
         return {e["name"]: e.get("state", "") for e in entries}
 
-    def metadata(self, model: str) -> ModelMeta:
+    def metadata(self, model: str) -> ModelMetadata:
         if model not in self._meta:
-            try:
-                meta = self._client.get_model_metadata(model, **self._json_kw())
-                config = self._client.get_model_config(model, **self._json_kw())
-            except self._module.InferenceServerException as exc:
-                raise ServerError(_explain(model, self.url, exc.message() or str(exc))) from None
-            config = config.get("config", config)
-
-            def tensors(items) -> tuple[TensorMeta, ...]:
-                return tuple(TensorMeta(t["name"], t["datatype"], tuple(int(d) for d in t["shape"])) for t in items)
-
-            self._meta[model] = ModelMeta(
-                model, tensors(meta["inputs"]), tensors(meta["outputs"]), int(config.get("max_batch_size", 0))
-            )
+            self._meta[model] = ModelMetadata.fetch(self._client, model, self.url)
         return self._meta[model]
 
     def load_model(self, model: str, timeout: float = 60.0) -> None:
@@ -143,12 +116,7 @@ class TritonClient:
             if 0 in sizes.values():
                 raise ServerError(f"model '{model}': empty batch ({sizes} samples); send at least one sample")
         wanted = list(outputs) if outputs else [t.name for t in meta.outputs]
-        request = []
-        for name, array in named.items():
-            array = np.ascontiguousarray(array)
-            tensor = self._module.InferInput(name, list(array.shape), _triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            request.append(tensor)
+        request = [infer_input(self._module, name, array) for name, array in named.items()]
         requested = [self._module.InferRequestedOutput(n) for n in wanted]
 
         attempt = 0
@@ -162,7 +130,7 @@ class TritonClient:
                     time.sleep(self.backoff * 2 ** attempt)
                     attempt += 1
                     continue
-                raise ServerError(_explain(model, self.url, message)) from None
+                raise ServerError(explain(model, self.url, message)) from None
 
         batch = len(next(iter(named.values()))) if meta.max_batch_size > 0 else None
         out = {}
@@ -190,7 +158,7 @@ class TritonClient:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     # ------------------------------------------------------------------ helpers
-    def _name_inputs(self, meta: ModelMeta, inputs) -> dict[str, np.ndarray]:
+    def _name_inputs(self, meta: ModelMetadata, inputs) -> dict[str, np.ndarray]:
         names = [t.name for t in meta.inputs]
         if isinstance(inputs, Mapping):
             unknown = sorted(set(inputs) - set(names))
@@ -212,19 +180,14 @@ class TritonClient:
         return {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
 
 
-def _explain(model: str, url: str, message: str) -> str:
-    unreachable = ("failed to connect", "connection refused", "unavailable", "connect call failed",
-                   "name resolution")
-    if any(token in message.lower() for token in unreachable):
-        return (f"cannot reach tritonserver at {url} ({message.strip().splitlines()[0][:200]}); is it running? "
-                "Start one with 'tritonfleet serve REPOSITORY'")
-    return f"model '{model}' at {url}: {message}"
-
-
-def _triton_dtype(dtype: np.dtype) -> str:
+def infer_input(module, name: str, array: np.ndarray):
+    """A tritonclient ``InferInput`` (of ``module``: HTTP, gRPC or an asyncio twin) holding ``array``."""
     from tritonclient.utils import np_to_triton_dtype
 
-    name = np_to_triton_dtype(np.dtype(dtype))
-    if name is None:
-        raise ServerError(f"numpy dtype {dtype} has no Triton equivalent")
-    return name
+    array = np.ascontiguousarray(array)
+    datatype = np_to_triton_dtype(array.dtype)
+    if datatype is None:
+        raise UsageError(f"input '{name}': numpy dtype {array.dtype} has no Triton equivalent")
+    tensor = module.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor

@@ -25,8 +25,8 @@ from typing import Literal
 
 import numpy as np
 
-from builder.errors import MissingDependencyError, ServerError
-from clients.loadgen import LoadResult, ServerTime
+from tritonfleet.clients.errors import MissingDependencyError, ServerError
+from tritonfleet.clients.loadgen import LoadResult, ServerTime
 
 INSTALL_HINT = ("install it with: pip install 'tritonclient[all]==2.51.0' nvidia-cuda-runtime-cu12 and "
                 "apt-get install -y libb64-0d (newer perf_analyzer builds need glibc >= 2.38)")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from builder.errors import MissingDependencyError, ServerError
+from tritonfleet.clients.errors import MissingDependencyError, ServerError
 
 INSTALL_HINT = "install it with: pip install nvidia-pytriton (Linux x86_64/aarch64, glibc >= 2.35)"
 
@@ -186,7 +186,7 @@ class TritonServer:
         try:
             self._wait_ready()
             if self.supervise:
-                from clients.supervisor import Supervisor
+                from tritonfleet.clients.supervisor import Supervisor
 
                 self.supervisor = Supervisor(self.config.repository, lambda: self.pid, lambda: self.client("grpc"))
                 self.supervisor.start()
@@ -233,7 +233,7 @@ class TritonServer:
         return f"{self.config.host}:{port}"
 
     def client(self, protocol: Literal["http", "grpc"] = "grpc", **kwargs):
-        from clients.infer import TritonClient
+        from tritonfleet.clients.infer import TritonClient
 
         return TritonClient(self.url(protocol), protocol=protocol, **kwargs)
 

@@ -21,7 +21,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from builder.repository.manifest import MANIFEST
+from tritonfleet.clients.manifest import MANIFEST
+from tritonfleet.clients.model_config import ensemble_steps, parse_pbtxt
 
 
 class Supervisor:
@@ -79,15 +80,13 @@ class Supervisor:
         return found
 
     def ensembles_using(self, model: str) -> list[str]:
-        from builder.repository.config import parse_pbtxt
-
         users = []
         for config in sorted(self.repository.glob("*/config.pbtxt")):
             try:
                 proto = parse_pbtxt(config.read_text())
             except Exception:
                 continue
-            if proto.platform == "ensemble" and any(s.model_name == model for s in proto.ensemble_scheduling.step):
+            if model in ensemble_steps(proto):
                 users.append(proto.name)
         return users
 
@@ -148,8 +147,6 @@ class Supervisor:
     def expected_stubs(self, model: str) -> int:
         """Stub processes a Python-backend model runs: its instance_group counts (0 otherwise).
         Taken from the config, not counted: during a reload old and new stubs overlap."""
-        from builder.repository.config import parse_pbtxt
-
         try:
             proto = parse_pbtxt((self.repository / model / "config.pbtxt").read_text())
         except Exception:

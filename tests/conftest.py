@@ -23,7 +23,7 @@ DIGITS_SPEC = SPECS / "digits.yaml"
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory) -> Path:
-    from examples.digits.train import ensure_trained
+    from tritonfleet.examples.digits.train import ensure_trained
 
     path = tmp_path_factory.mktemp("digits-artifacts")
     ensure_trained(path, progress=False)
@@ -65,7 +65,7 @@ def spec_factory(artifacts, tmp_path):
 
 @pytest.fixture(scope="session")
 def detection_artifacts(tmp_path_factory) -> Path:
-    from examples.detection.make import ensure_models
+    from tritonfleet.examples.detection.make import ensure_models
 
     return ensure_models(tmp_path_factory.mktemp("detection-artifacts"))
 
@@ -86,8 +86,8 @@ def example_specs(tmp_path_factory, artifacts, detection_artifacts) -> Path:
 @pytest.fixture(scope="session")
 def repository(example_specs) -> dict:
     """pipeline name -> (spec, BuildResult) of every example spec, all in one repository."""
-    from builder.build import build
-    from builder.specs import load_spec
+    from tritonfleet.builder.build import build
+    from tritonfleet.builder.spec import load_spec
 
     order = ["digits.yaml", *sorted(p.name for p in example_specs.glob("*.yaml") if p.name != "digits.yaml")]
     built = {}
@@ -104,8 +104,8 @@ def local_build(repository):
 
 @pytest.fixture(scope="session")
 def ngc_build(tmp_path_factory, example_specs):
-    from builder.build import build
-    from builder.specs import load_spec
+    from tritonfleet.builder.build import build
+    from tritonfleet.builder.spec import load_spec
 
     spec = load_spec(example_specs / "digits.yaml")
     out = tmp_path_factory.mktemp("repo-ngc") / "model_repository"
@@ -115,7 +115,7 @@ def ngc_build(tmp_path_factory, example_specs):
 @pytest.fixture(scope="session")
 def triton(local_build, tmp_path_factory):
     """The real tritonserver serving every example pipeline (explicit model control)."""
-    from clients.server import TritonServer
+    from tritonfleet.clients.server import TritonServer
 
     _, result = local_build
     log = tmp_path_factory.mktemp("server") / "tritonserver.log"
@@ -126,7 +126,7 @@ def triton(local_build, tmp_path_factory):
 @pytest.fixture(scope="session")
 def torch_models(local_build):
     """name -> PyTorch module of every member and baseline (the reference)."""
-    from builder.loaders import load_torch_model
+    from tritonfleet.builder.stages.load_torch import load_torch_model
 
     spec, _ = local_build
     return {m.name: load_torch_model(m.model) for m in spec.all_models}
@@ -136,7 +136,7 @@ def torch_models(local_build):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    from clients.server import TritonServer
+    from tritonfleet.clients.server import TritonServer
 
     if report.when == "call" and report.failed:
         for value in getattr(item, "funcargs", {}).values():

@@ -6,10 +6,11 @@ import threading
 
 import pytest
 
-from clients.bench import BenchReport, ModelBench, describe_models
-from clients.loadgen import LoadConfig, LoadResult, run_load
-from clients.perf import PerfAnalyzerConfig, parse_perf_csv, run_perf_analyzer, write_input_data
-from clients.report import PLOTS, front_models, pareto_front, render
+from tritonfleet.clients.evaluation.bench import BenchReport, ModelBench, describe_models
+from tritonfleet.clients.evaluation.report import PLOTS, front_models, pareto_front, render
+from tritonfleet.clients.loadgen import LoadConfig, LoadResult, run_load
+from tritonfleet.clients.manifest import Manifest
+from tritonfleet.clients.perf import PerfAnalyzerConfig, parse_perf_csv, run_perf_analyzer, write_input_data
 
 from test_cli import tritonfleet
 
@@ -124,7 +125,7 @@ def test_bench_cli_against_a_running_server(triton, tmp_path):
 
 def test_describe_models_reads_the_manifest(local_build):
     _, result = local_build
-    described = {m.model: m for m in describe_models(result.repository)}
+    described = {m.model: m for m in describe_models(Manifest.read(result.repository))}
     assert "digits_fusion" not in described
     assert described["digits"].kind == "ensemble"
     assert described["cnn_small_a_int8"].precision == "int8" and described["cnn_small_a_int8"].size_bytes > 0

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.build import FUSION_OPS_FILE, RUNNER_FILE, SERVING_FILE, build
-from builder.errors import ConversionError, RepositoryError
-from builder.repository.config import parse_pbtxt, tensors_of
-from builder.repository.manifest import hash_tree, sha256_file
-from builder.specs import load_spec
+from tritonfleet.builder import runtime
+from tritonfleet.builder.build import build
+from tritonfleet.builder.errors import ConversionError, RepositoryError
+from tritonfleet.builder.repository.manifest import hash_tree, sha256_file
+from tritonfleet.builder.spec import load_spec
+from tritonfleet.clients.model_config import parse_pbtxt, tensors_of
 
 
 def _configs(repo: Path) -> dict:
@@ -84,9 +85,9 @@ def test_version_folders_hold_self_contained_artifacts(local_build, ngc_build):
             assert files == (["model.onnx", "model.py"] if result.target == "local" else ["model.onnx"])
         assert (repo / "digits" / "1").is_dir() and not any((repo / "digits" / "1").iterdir())
     repo = local_build[1].repository
-    assert (repo / "digits_fusion" / "1" / "ops.py").read_bytes() == FUSION_OPS_FILE.read_bytes()
-    assert (repo / "digits_fusion" / "1" / SERVING_FILE.name).read_bytes() == SERVING_FILE.read_bytes()
-    assert (repo / "cnn_small_a" / "1" / "model.py").read_bytes() == RUNNER_FILE.read_bytes()
+    assert (repo / "digits_fusion" / "1" / "ops.py").read_bytes() == runtime.OPS.read_bytes()
+    assert (repo / "digits_fusion" / "1" / runtime.SERVING.name).read_bytes() == runtime.SERVING.read_bytes()
+    assert (repo / "cnn_small_a" / "1" / "model.py").read_bytes() == runtime.ONNX_RUNNER.read_bytes()
 
 
 def test_manifest_records_hashes_parity_and_tools(local_build):

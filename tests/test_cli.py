@@ -10,7 +10,7 @@ import yaml
 
 
 def tritonfleet(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "tritonfleet.builder.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout)
 
 

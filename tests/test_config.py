@@ -5,16 +5,10 @@ from __future__ import annotations
 import pytest
 from google.protobuf import json_format
 
-from builder.errors import SpecError
-from builder.repository.config import (
-    DynamicBatchingConfig,
-    EnsembleStep,
-    ModelConfig,
-    TensorConfig,
-    parse_pbtxt,
-    tensors_of,
-)
-from builder.repository.ensemble import check_ensemble
+from tritonfleet.builder.errors import SpecError
+from tritonfleet.builder.repository.config import DynamicBatchingConfig, EnsembleStep, ModelConfig, TensorConfig
+from tritonfleet.builder.repository.ensemble import check_ensemble
+from tritonfleet.clients.model_config import parse_pbtxt, tensors_of
 
 IMAGE = TensorConfig("image", "float32", (1, 8, 8))
 LOGITS = TensorConfig("logits", "float32", (10,))

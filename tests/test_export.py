@@ -7,12 +7,12 @@ import onnx
 import pytest
 import torch
 
-from builder.errors import ConversionError, ValidationError
-from builder.export.onnx import export_onnx
-from builder.loaders import load_torch_model
-from builder.specs import ModelSource, TensorSpec
-from builder.validate import compare_outputs, run_onnx, run_torch
-from examples.digits.models import DigitsCNN
+from tritonfleet.builder.errors import ConversionError, ValidationError
+from tritonfleet.builder.spec import ModelSource, TensorSpec
+from tritonfleet.builder.stages.load_torch import load_torch_model
+from tritonfleet.builder.stages.parity import compare_outputs, run_onnx, run_torch
+from tritonfleet.builder.stages.torch2onnx import export_onnx
+from tritonfleet.examples.digits.models import DigitsCNN
 
 IN = [TensorSpec(name="image", dtype="float32", shape=(1, 8, 8))]
 OUT = [TensorSpec(name="logits", dtype="float32", shape=(10,))]
@@ -47,7 +47,7 @@ def _check_file(path, net, sample):
 def test_state_dict_source(tmp_path, net, sample):
     ckpt = tmp_path / "net.pt"
     torch.save(net.state_dict(), ckpt)
-    source = ModelSource(architecture="examples.digits.models:DigitsCNN", kwargs={"width": 4}, checkpoint=ckpt)
+    source = ModelSource(architecture="tritonfleet.examples.digits.models:DigitsCNN", kwargs={"width": 4}, checkpoint=ckpt)
     model = load_torch_model(source)
     path = export_onnx(model, [sample[:4]], IN, OUT, tmp_path / "out" / "model.onnx")
     _check_file(path, net, sample)
@@ -56,7 +56,7 @@ def test_state_dict_source(tmp_path, net, sample):
 def test_lightning_style_checkpoint_is_unwrapped(tmp_path, net):
     ckpt = tmp_path / "wrapped.pt"
     torch.save({"state_dict": net.state_dict(), "epoch": 3}, ckpt)
-    source = ModelSource(architecture="examples.digits.models:DigitsCNN", kwargs={"width": 4}, checkpoint=ckpt)
+    source = ModelSource(architecture="tritonfleet.examples.digits.models:DigitsCNN", kwargs={"width": 4}, checkpoint=ckpt)
     model = load_torch_model(source)
     assert torch.equal(model.head[-1].weight, net.head[-1].weight)
 
@@ -90,7 +90,7 @@ def test_exported_program_with_fixed_batch_is_rejected(tmp_path, net, sample):
 def test_checkpoint_for_another_architecture(tmp_path, net):
     ckpt = tmp_path / "net.pt"
     torch.save(net.state_dict(), ckpt)
-    source = ModelSource(architecture="examples.digits.models:DigitsCNN", kwargs={"width": 8}, checkpoint=ckpt)
+    source = ModelSource(architecture="tritonfleet.examples.digits.models:DigitsCNN", kwargs={"width": 8}, checkpoint=ckpt)
     with pytest.raises(ConversionError) as info:
         load_torch_model(source, where="members[0] (a).model")
     msg = str(info.value)
@@ -101,13 +101,13 @@ def test_checkpoint_for_another_architecture(tmp_path, net):
 def test_unreadable_checkpoint_and_bad_architecture(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    src = ModelSource(architecture="examples.digits.models:DigitsCNN", checkpoint=junk)
+    src = ModelSource(architecture="tritonfleet.examples.digits.models:DigitsCNN", checkpoint=junk)
     with pytest.raises(ConversionError, match="cannot read .*junk.pt as a PyTorch checkpoint"):
         load_torch_model(src)
     missing = ModelSource(architecture="no_such_pkg.models:Net", checkpoint=junk)
     with pytest.raises(ConversionError, match="cannot import 'no_such_pkg.models'"):
         load_torch_model(missing)
-    wrong = ModelSource(architecture="examples.digits.models:Nope", checkpoint=junk)
+    wrong = ModelSource(architecture="tritonfleet.examples.digits.models:Nope", checkpoint=junk)
     with pytest.raises(ConversionError, match="has no attribute 'Nope'"):
         load_torch_model(wrong)
 
@@ -120,7 +120,7 @@ def test_pickled_objects_are_refused(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"w": Evil()}, path)
-    src = ModelSource(architecture="examples.digits.models:DigitsCNN", checkpoint=path)
+    src = ModelSource(architecture="tritonfleet.examples.digits.models:DigitsCNN", checkpoint=path)
     with pytest.raises(ConversionError, match="cannot read"):
         load_torch_model(src)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from builder.fusion import ops
-from builder.fusion.fit import ABSENT_CLASS_LOGIT, fit_stacking, fit_weights, log_loss
+from tritonfleet.builder.runtime import ops
+from tritonfleet.builder.stages.fit import ABSENT_CLASS_LOGIT, fit_stacking, fit_weights, log_loss
 
 
 def _onehot(labels, classes, confidence):
@@ -60,7 +60,7 @@ def test_stacking_with_a_class_missing_from_validation():
 
 
 def test_stacking_needs_two_classes():
-    from builder.errors import SpecError
+    from tritonfleet.builder.errors import SpecError
 
     with pytest.raises(SpecError, match="at least two classes"):
         fit_stacking([np.ones((5, 3)) / 3], np.zeros(5, int), classes=3)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from builder.fusion import ops
+from tritonfleet.builder.runtime import ops
 
 
 @pytest.fixture
@@ -105,11 +107,13 @@ def test_weighted_mean_normalises_and_ignores_zero_weights():
 
 
 @pytest.mark.parametrize("weights, message", [
-    ([1, -1], "finite and >= 0"), ([1, float("nan")], "finite and >= 0"), ([0, 0], "not all be zero"),
+    ([1, -1], "weights must be finite, >= 0 and not all zero (got [1.0, -1.0])"),
+    ([1, float("nan")], "weights must be finite, >= 0 and not all zero (got [1.0, nan])"),
+    ([0, 0], "weights must be finite, >= 0 and not all zero (got [0.0, 0.0])"),
     ([1, 2, 3], "3 weights for 2 members"),
 ])
 def test_bad_weights(weights, message):
-    with pytest.raises(ops.FusionError, match=message):
+    with pytest.raises(ops.FusionError, match=re.escape(message)):
         ops.weighted_mean_probabilities([np.zeros((1, 2)), np.zeros((1, 2))], weights)
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from clients.loadgen import LoadConfig, make_batches, run_load
+from tritonfleet.clients.errors import UsageError
+from tritonfleet.clients.loadgen import LoadConfig, make_batches, run_load
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -27,17 +30,17 @@ def test_concurrency_mode_accounts_for_every_request(triton, digits_data, protoc
 
 
 def test_request_rate_mode_offers_the_asked_rate(triton, digits_data):
-    cfg = LoadConfig("cnn_small_a", request_rate=100, warmup_s=0.5, window_s=1.0, max_windows=2)
+    cfg = LoadConfig("cnn_small_a", request_rate=100, warmup_s=0.5, window_s=0.7, max_windows=3)
     res = run_load(triton.url("grpc"), cfg, [digits_data["x_test"]])
     assert res.mode == "rate" and res.errors == 0
     assert res.requests_per_s == pytest.approx(100, rel=0.15)
 
 
 def test_unknown_model_is_a_clear_error(triton):
-    from builder.errors import ServerError
+    from tritonfleet.clients.errors import ServerError
 
     with pytest.raises(ServerError, match="model 'nope'"):
-        run_load(triton.url("grpc"), LoadConfig("nope", warmup_s=0.1, window_s=0.1, max_windows=1))
+        run_load(triton.url("grpc"), LoadConfig("nope", warmup_s=0.1, window_s=0.1, max_windows=1, stable_windows=1))
 
 
 def test_make_batches_cycles_the_dataset(digits_data):
@@ -45,5 +48,7 @@ def test_make_batches_cycles_the_dataset(digits_data):
     batches = make_batches([x], 4)
     assert [b[0].shape[0] for b in batches] == [4, 4, 4]
     assert (batches[2][0][2:] == x[:2]).all()  # wraps around
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match=re.escape("load concurrency must be >= 1 (got 0)")):
         LoadConfig("m", concurrency=0)
+    with pytest.raises(UsageError, match=re.escape("load max_windows must be >= stable_windows (3) (got 2)")):
+        LoadConfig("m", max_windows=2)

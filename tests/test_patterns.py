@@ -10,9 +10,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from builder.errors import ServerError
-from builder.fusion import ops
-from builder.repository.config import parse_pbtxt
+from tritonfleet.builder.runtime import ops
+from tritonfleet.clients.errors import ServerError
+from tritonfleet.clients.model_config import parse_pbtxt
 
 N = 48
 

@@ -7,14 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from builder.build import build
-from builder.errors import MissingDependencyError, SpecError
-from builder.export.trt import BatchProfile, BuildEngine, tensorrt_version
-from builder.repository.config import parse_pbtxt, tensors_of
-from builder.repository.plan import engine_config, member_config, variant_name
-from builder.specs import load_spec
-from builder.variants import Selection, VariantStats, drop_points, select_variant
-from clients.accuracy import evaluate_accuracy
+from tritonfleet.builder.build import build
+from tritonfleet.builder.errors import SpecError
+from tritonfleet.builder.repository.plan import engine_config, member_config, variant_name
+from tritonfleet.builder.spec import load_spec
+from tritonfleet.builder.stages.onnx2trt import BatchProfile, BuildEngine, tensorrt_version
+from tritonfleet.builder.stages.variants import Selection, VariantStats, drop_points, select_variant
+from tritonfleet.clients.errors import MissingDependencyError
+from tritonfleet.clients.evaluation.accuracy import evaluate_accuracy
+from tritonfleet.clients.model_config import parse_pbtxt, tensors_of
 
 from test_cli import tritonfleet
 

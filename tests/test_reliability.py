@@ -17,15 +17,16 @@ import pytest
 import torch
 import yaml
 
-from builder.build import build
-from builder.cli import main as cli_main
-from builder.errors import ServerError
-from builder.repository.config import parse_pbtxt
-from builder.repository.verify import rollback, verify
-from builder.specs import load_spec
-from clients.infer import TritonClient
-from clients.server import TritonServer
-from clients.soak import run_soak
+from tritonfleet.builder.build import build
+from tritonfleet.builder.cli import main as cli_main
+from tritonfleet.builder.repository.verify import verify
+from tritonfleet.builder.repository.versions import rollback
+from tritonfleet.builder.spec import load_spec
+from tritonfleet.clients.errors import ServerError
+from tritonfleet.clients.infer import TritonClient
+from tritonfleet.clients.loadgen.soak import run_soak
+from tritonfleet.clients.model_config import parse_pbtxt
+from tritonfleet.clients.server import TritonServer
 
 from conftest import ROOT, digits_spec_dict
 
@@ -89,7 +90,7 @@ def test_changed_model_becomes_a_new_version_and_rolls_back(artifacts, perturbed
     assert verify(repo).ok
 
     done = rollback(repo, "cnn_small_a")
-    assert done["served"] == 1 and done["available"] == [1, 2]
+    assert done.served == 1 and done.available == [1, 2]
     config = parse_pbtxt((repo / "cnn_small_a" / "config.pbtxt").read_text())
     assert list(config.version_policy.specific.versions) == [1]
     assert verify(repo).ok  # the manifest follows the config
@@ -166,7 +167,7 @@ def test_killed_builds_never_damage_the_repository(artifacts, perturbed, tmp_pat
     # a new artifact and new serving settings: a commit of several steps (configs, version folder)
     changed = write(tmp_path / "v2.yaml", small_spec(artifacts, repo, perturbed, serving={
         "max_batch_size": 64, "dynamic_batching": {"max_queue_delay_microseconds": 500}}))
-    proc = subprocess.run([sys.executable, "-m", "builder.cli", "build", str(changed), "--no-progress"],
+    proc = subprocess.run([sys.executable, "-m", "tritonfleet.builder.cli", "build", str(changed), "--no-progress"],
                           env={**os.environ, "TRITONFLEET_FAILPOINT": point}, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
@@ -194,7 +195,7 @@ def test_a_repaired_repository_loads(artifacts, perturbed, tmp_path, digits_data
     repo = tmp_path / "model_repository"
     build(load_spec(write(tmp_path / "v1.yaml", small_spec(artifacts, repo))), progress=False)
     changed = write(tmp_path / "v2.yaml", small_spec(artifacts, repo, perturbed))
-    subprocess.run([sys.executable, "-m", "builder.cli", "build", str(changed), "--no-progress"],
+    subprocess.run([sys.executable, "-m", "tritonfleet.builder.cli", "build", str(changed), "--no-progress"],
                    env={**os.environ, "TRITONFLEET_FAILPOINT": "commit-step-1"}, capture_output=True, timeout=300)
     assert cli_main(["verify", str(repo), "--repair"]) == 0
     with TritonServer(repo) as server, server.client() as client:
@@ -230,7 +231,7 @@ def _catalogue(artifacts: Path, repo: Path, tmp: Path, digits: dict, perturbed: 
                                           "outputs": [{"name": "logits", "dtype": "float32", "shape": [12]}]}]
     chained = spec()
     chained["members"] = [chained["members"][0], {
-        "name": "head", "model": {"architecture": "examples.digits.models:DigitsHead",
+        "name": "head", "model": {"architecture": "tritonfleet.examples.digits.models:DigitsHead",
                                   "checkpoint": str(artifacts / "digits_head_a.pt")},
         "inputs": [{"name": "features", "dtype": "float32", "shape": [32]}],
         "inputs_from": {"features": "cnn_small_a.logits"},
@@ -313,7 +314,7 @@ def test_disk_full_during_the_build(served_repo, artifacts, tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
-    proc = subprocess.run([sys.executable, "-m", "builder.cli", "build", str(path), "--no-progress"],
+    proc = subprocess.run([sys.executable, "-m", "tritonfleet.builder.cli", "build", str(path), "--no-progress"],
                           preexec_fn=limit, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "File too large" in proc.stderr and "nothing was changed" in " ".join(proc.stderr.split())

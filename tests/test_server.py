@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from builder.errors import ServerError
-from builder.repository.verify import verify
-from clients.accuracy import evaluate_accuracy
-from clients.server import TritonServer
+from tritonfleet.builder.repository.verify import verify
+from tritonfleet.clients.errors import ServerError
+from tritonfleet.clients.evaluation.accuracy import evaluate_accuracy
+from tritonfleet.clients.server import TritonServer
 
 N = 64
 

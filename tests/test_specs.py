@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.errors import SpecError
-from builder.specs import load_spec, parse_spec
+from tritonfleet.builder.errors import SpecError
+from tritonfleet.builder.spec import load_spec, parse_spec
 
 
 def _member(name: str, classes: int = 10, checkpoint: str = "/etc/hostname") -> dict:
     return {
         "name": name,
-        "model": {"architecture": "examples.digits.models:DigitsCNN", "checkpoint": checkpoint},
+        "model": {"architecture": "tritonfleet.examples.digits.models:DigitsCNN", "checkpoint": checkpoint},
         "inputs": [{"name": "image", "dtype": "float32", "shape": [1, 8, 8]}],
         "outputs": [{"name": "logits", "dtype": "float32", "shape": [classes]}],
     }
@@ -151,7 +151,7 @@ def test_spec_must_be_a_mapping(tmp_path):
 def _chain_member(name: str, source: str, width: int = 64) -> dict:
     return {
         "name": name,
-        "model": {"architecture": "examples.digits.models:DigitsHead", "checkpoint": "/etc/hostname"},
+        "model": {"architecture": "tritonfleet.examples.digits.models:DigitsHead", "checkpoint": "/etc/hostname"},
         "inputs": [{"name": "features", "dtype": "float32", "shape": [width]}],
         "inputs_from": {"features": source},
         "outputs": [{"name": "logits", "dtype": "float32", "shape": [10]}],

@@ -1,37 +1,41 @@
-"""``tritonfleet`` command line: one module per subcommand.
+"""``tritonfleet`` command line: one module per subcommand, on top of everything else.
 
 Each subcommand module has ``register(subparsers)``, which adds its parser (its docstring
-is the help) and sets ``run``; ``run(args)`` returns the exit code. User errors
-(:class:`TritonfleetError`) print one message and exit non-zero, without a traceback.
+is the help) and sets ``run``; ``run(args)`` returns the exit code. Bad option values are
+one line naming the option (exit 2); user errors (:class:`TritonfleetError`) print one
+message and exit with the error's code, without a traceback.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from builder.errors import TritonfleetError
+from tritonfleet.builder.cli.args import CommandParser
+from tritonfleet.clients.errors import TritonfleetError
 
 SUBCOMMANDS = ("build", "serve", "bench", "report", "verify", "rollback", "demo")
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser() -> CommandParser:
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="tritonfleet",
         description="Build, serve and benchmark ensembles of PyTorch models on Triton Inference Server.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=CommandParser)
     for name in SUBCOMMANDS:
-        importlib.import_module(f"builder.cli.{name}").register(sub)
+        importlib.import_module(f"tritonfleet.builder.cli.{name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from builder.cli.console import err_console
+    from tritonfleet.builder.cli.console import err_console
 
-    args = make_parser().parse_args(argv)
+    try:
+        args = make_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a bad option (2, already printed in one line)
+        return int(exit_.code or 0)
     try:
         return int(args.run(args) or 0)
     except TritonfleetError as exc:

@@ -1,5 +1,5 @@
 import sys
 
-from builder.cli import main
+from tritonfleet.builder.cli import main
 
 sys.exit(main())

@@ -12,24 +12,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from builder.cli.args import add_progress_arg
-from builder.cli.console import console, fmt
+from tritonfleet.builder.cli.args import add_progress_arg, non_negative_float, precision_list, subcommand
+from tritonfleet.builder.cli.console import console, fmt
+from tritonfleet.clients.vocabulary import PRECISIONS
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("build", help=__doc__.splitlines()[0], description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subcommand(sub, __doc__, "build")
     parser.add_argument("spec", type=Path, help="pipeline spec YAML")
     parser.add_argument("--target", choices=("local", "ngc"), default=None,
                         help="local: Python-backend runners for the bundled server; ngc: native "
                              "onnxruntime/TensorRT configs for the NGC container (default: the spec's)")
     parser.add_argument("--output", type=Path, default=None, help="repository folder (default: the spec's output_dir)")
-    parser.add_argument("--precisions", type=_precisions, default=None, metavar="LIST",
+    parser.add_argument("--precisions", type=precision_list, default=None, metavar="LIST",
                         help="comma-separated variants to build for every model, e.g. fp32,fp16,int8 "
                              "(default: the spec's precision.variants)")
-    parser.add_argument("--serve", choices=("fp32", "fp16", "int8", "auto"), default=None,
+    parser.add_argument("--serve", choices=(*PRECISIONS, "auto"), default=None,
                         help="variant the ensemble calls (default: the spec's precision.serve)")
-    parser.add_argument("--accuracy-budget", type=float, default=None, metavar="POINTS",
+    parser.add_argument("--accuracy-budget", type=non_negative_float, default=None, metavar="POINTS",
                         help="with --serve auto: top-1 points a variant may lose vs fp32")
     parser.add_argument("--engines", action="store_true",
                         help="also build TensorRT engines (target ngc, needs tensorrt and a GPU)")
@@ -37,18 +37,8 @@ def register(sub) -> None:
     parser.set_defaults(run=run)
 
 
-def _precisions(text: str) -> list[str]:
-    items = [p.strip() for p in text.split(",") if p.strip()]
-    unknown = [p for p in items if p not in ("fp32", "fp16", "int8")]
-    if unknown or not items:
-        raise argparse.ArgumentTypeError(
-            f"unknown precision {', '.join(unknown) or '(none)'}; use a comma-separated list of fp32, fp16, int8"
-        )
-    return items
-
-
 def apply_overrides(spec, args: argparse.Namespace):
-    from builder.specs import with_overrides
+    from tritonfleet.builder.spec import with_overrides
 
     changes: dict = {}
     precision = {k: v for k, v in (("variants", args.precisions), ("serve", args.serve),
@@ -65,8 +55,8 @@ def apply_overrides(spec, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from builder.build import build
-    from builder.specs import load_spec
+    from tritonfleet.builder.build import build
+    from tritonfleet.builder.spec import load_spec
 
     spec = apply_overrides(load_spec(args.spec), args)
     result = build(spec, target=args.target, output_dir=args.output, spec_path=args.spec, progress=args.progress)
@@ -77,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
 def print_build(result) -> None:
     from rich.table import Table
 
-    from builder.variants import drop_points
+    from tritonfleet.clients.evaluation.accuracy import drop_points
+    from tritonfleet.clients.vocabulary import ArtifactFormat
 
     out = console()
     table = Table(title=f"{result.pipeline} -> {result.repository} (target {result.target})")
@@ -87,14 +78,15 @@ def print_build(result) -> None:
         table.add_column(col, justify="left" if col in ("model", "kind", "prec") else "right", no_wrap=col == "model")
     for plan in result.models:
         stats = {s.precision: s for s in result.variants.get(plan.member or "", [])}
-        own = stats.get(plan.precision) if plan.format == "onnx" else None
-        runtime = "tensorrt" if plan.format == "plan" else "onnxruntime-cpu"
+        engine = plan.format == ArtifactFormat.PLAN
+        own = stats.get(plan.precision) if plan.format == ArtifactFormat.ONNX else None
+        runtime = "tensorrt" if engine else "onnxruntime-cpu"
         rec = next((r for r in result.parity.get(plan.member or "", [])
                     if r.precision == plan.precision and r.runtime == runtime), None)
         base = stats.get("fp32")
         selection = result.selections.get(plan.member or "")
-        served = plan.format == "onnx" and selection is not None and selection.precision == plan.precision
-        prec = (plan.precision or "-") + (" trt" if plan.format == "plan" else "")
+        served = plan.format == ArtifactFormat.ONNX and selection is not None and selection.precision == plan.precision
+        prec = (plan.precision or "-") + (" trt" if engine else "")
         table.add_row(
             plan.config.name, plan.kind, prec,
             fmt(rec.max_abs_error if rec else None, ".2e"),

@@ -13,12 +13,12 @@ import signal
 import threading
 from pathlib import Path
 
-from builder.cli.args import add_server_args, server_kwargs
-from builder.cli.console import console
+from tritonfleet.builder.cli.args import add_server_args, server_kwargs, subcommand
+from tritonfleet.builder.cli.console import console
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("serve", help=__doc__.splitlines()[0], description=__doc__)
+    parser = subcommand(sub, __doc__, "serve")
     parser.add_argument("repository", type=Path, nargs="?", default=Path("model_repository"),
                         help="model repository (default: ./model_repository)")
     parser.add_argument("--model-control-mode", choices=("watch", "none", "poll", "explicit"), default="watch",
@@ -29,7 +29,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clients.server import TritonServer
+    from tritonfleet.clients.server import TritonServer
 
     watch = args.model_control_mode == "watch"
     server = TritonServer(args.repository, model_control_mode="explicit" if watch else args.model_control_mode,

@@ -1,27 +1,28 @@
 """Check a model repository against its manifest.json.
 
 Re-hashes every recorded file, flags unrecorded files and folders, parses every
-config.pbtxt through Triton's schema, re-checks ensemble graphs, and finds commits a crash
-interrupted (--repair restores the repository to its state before that commit).
+config.pbtxt through Triton's schema, re-checks ensemble graphs, flags absolute paths or
+the host's name leaked into the files, and finds commits a crash interrupted (--repair
+restores the repository to its state before that commit). Exit code 1 on any problem.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from builder.cli.console import console
+from tritonfleet.builder.cli.args import existing_dir, subcommand
+from tritonfleet.builder.cli.console import console
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("verify", help=__doc__.splitlines()[0], description=__doc__)
-    parser.add_argument("repository", type=Path, nargs="?", default=Path("model_repository"))
+    parser = subcommand(sub, __doc__, "verify")
+    parser.add_argument("repository", type=existing_dir, nargs="?", default="model_repository")
     parser.add_argument("--repair", action="store_true", help="undo (or finish) an interrupted commit first")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from builder.repository.verify import verify
+    from tritonfleet.builder.repository.verify import verify
 
     report = verify(args.repository, repair=args.repair)
     out = console()

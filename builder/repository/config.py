@@ -1,4 +1,5 @@
-"""Triton ``config.pbtxt`` from dataclasses, through Triton's own protobuf schema.
+"""Triton ``config.pbtxt`` from dataclasses, through Triton's own protobuf schema (writing;
+reading is :mod:`tritonfleet.clients.model_config`).
 
 Dataclass -> dict -> ``json_format.ParseDict`` into ``model_config_pb2.ModelConfig`` ->
 ``text_format``; the same path PyTriton's generator takes. An invalid field or enum fails
@@ -11,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from builder.dtypes import from_config_dtype, triton_config_dtype
-from builder.specs import TensorSpec
+from tritonfleet.builder.spec import TensorSpec
+from tritonfleet.clients.dtypes import triton_config_dtype
+from tritonfleet.clients.model_config import to_pbtxt
 
 
 @dataclass(frozen=True)
@@ -111,28 +113,4 @@ class ModelConfig:
         return json_format.ParseDict(self.to_dict(), model_config_pb2.ModelConfig())
 
     def to_pbtxt(self) -> str:
-        from google.protobuf import text_format
-
-        text = text_format.MessageToString(self.to_proto())
-        if self.max_batch_size == 0:  # proto3 drops zeros; Triton wants it explicit
-            text += "max_batch_size: 0\n"
-        return text
-
-
-def parse_pbtxt(text: str):
-    """Parse ``config.pbtxt`` text into a ``model_config_pb2.ModelConfig``."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
-
-
-def tensors_of(proto, which: str) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """``{name: (dtype, dims)}`` of a parsed config's ``input`` or ``output`` list."""
-    from tritonclient.grpc import model_config_pb2
-
-    items = proto.input if which == "input" else proto.output
-    return {
-        t.name: (from_config_dtype(model_config_pb2.DataType.Name(t.data_type)), tuple(t.dims))
-        for t in items
-    }
+        return to_pbtxt(self.to_proto())

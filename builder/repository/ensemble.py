@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from builder.errors import SpecError
-from builder.repository.config import ModelConfig, TensorConfig
+from tritonfleet.builder.errors import SpecError
+from tritonfleet.builder.repository.config import ModelConfig, TensorConfig
 
 
 def check_ensemble(ensemble: ModelConfig, models: Mapping[str, ModelConfig]) -> list[str]:

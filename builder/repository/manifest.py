@@ -1,8 +1,8 @@
-"""``manifest.json``: what built each model of a repository, and how close it is to PyTorch.
+"""Writing ``manifest.json``: file hashes, tool versions and atomic, durable JSON writes.
 
-One file at the repository root. For every model: the pipeline that owns it, its kind,
-version, the sha256 of each file and its parity records; for every pipeline: the resolved
-spec, its target and the tool versions that built it.
+The manifest's format and its read-only view live in :mod:`tritonfleet.clients.manifest`
+(everything that only reads a repository uses that); the builder fills it in through
+:mod:`.records` and commits it last (:mod:`.journal`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from builder.errors import RepositoryError
-
-MANIFEST = "manifest.json"
-FORMAT = 1
-TOOLS = ("tritonfleet", "torch", "onnx", "onnxruntime", "onnxscript", "tritonclient",
+TOOLS = ("tritonfleet", "torch", "onnx", "onnxruntime", "onnxscript", "onnxconverter-common", "tritonclient",
          "nvidia-pytriton", "numpy", "tensorrt", "polygraphy")
-
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -33,7 +28,11 @@ def sha256_file(path: Path) -> str:
 
 
 def hash_tree(root: Path) -> dict[str, str]:
-    """``{relative posix path: sha256}`` of every file under ``root``."""
+    """``{relative posix path: sha256}`` of every file under ``root``.
+
+    ``__pycache__`` is left out: Triton's Python-backend stub writes bytecode beside the
+    ``model.py`` it imports, in the version folders of a served repository.
+    """
     return {
         p.relative_to(root).as_posix(): sha256_file(p)
         for p in sorted(root.rglob("*"))
@@ -51,28 +50,18 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def empty_manifest() -> dict[str, Any]:
-    return {"format": FORMAT, "pipelines": {}, "models": {}}
-
-
-def read_manifest(repo: Path) -> dict[str, Any]:
-    path = Path(repo) / MANIFEST
-    if not path.is_file():
-        return empty_manifest()
+def fsync_dir(path: Path) -> None:
+    """Make the entries of a folder (renames into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RepositoryError(
-            f"{path} is not valid JSON ({exc}); restore it from a backup or rebuild into an "
-            "empty output_dir"
-        ) from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise RepositoryError(f"{path} is not a tritonfleet manifest (format {FORMAT})")
-    return data
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it into place."""
+    """Write JSON to a temporary file beside ``path``, fsync it, rename it into place and
+    fsync the folder: after a crash the file is either the old one or the new one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -85,3 +74,4 @@ def write_json_atomic(path: Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)

@@ -26,8 +26,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from builder.repository.config import DynamicBatchingConfig, EnsembleStep, ModelConfig, TensorConfig
-from builder.specs import MemberSpec, PipelineSpec, TensorSpec
+from tritonfleet.builder.repository.config import DynamicBatchingConfig, EnsembleStep, ModelConfig, TensorConfig
+from tritonfleet.builder.spec import MemberSpec, PipelineSpec, TensorSpec
+from tritonfleet.clients.vocabulary import ArtifactFormat, ModelKind
 
 TARGETS = ("local", "ngc")
 ONNX_FILE = "model.onnx"
@@ -37,11 +38,11 @@ TRT_PRECISION_MODE = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
 
 @dataclass(frozen=True)
 class ModelPlan:
-    kind: str  # "member" | "baseline" | "fusion" | "ensemble" | "pipeline"
+    kind: ModelKind
     config: ModelConfig
     member: str | None = None
     precision: str | None = None
-    format: str = "onnx"  # "onnx" | "plan" | "python" (fusion) | "ensemble" | "bls"
+    format: ArtifactFormat = ArtifactFormat.ONNX
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,10 @@ class ExternalModel:
     outputs: tuple[TensorConfig, ...]
 
 
-def variant_name(member: MemberSpec | str, precision: str, fmt: str = "onnx") -> str:
+def variant_name(member: MemberSpec | str, precision: str, fmt: ArtifactFormat = ArtifactFormat.ONNX) -> str:
     """Model name of a variant: ``cnn_a`` (fp32), ``cnn_a_fp16``, ``cnn_a_int8``, ``cnn_a_trt_fp16``."""
     name = member if isinstance(member, str) else member.name
-    if fmt == "plan":
+    if fmt == ArtifactFormat.PLAN:
         return f"{name}_trt_{precision}"
     return name if precision == "fp32" else f"{name}_{precision}"
 
@@ -110,20 +111,11 @@ def member_config(spec: PipelineSpec, member: MemberSpec, target: str, precision
     raise ValueError(f"unknown target '{target}' (use one of {', '.join(TARGETS)})")
 
 
-def engine_profile(spec: PipelineSpec, member: MemberSpec):
-    from builder.export.trt import BatchProfile
-
-    return BatchProfile.for_serving(
-        spec.max_batch_size_of(member), tuple(spec.serving.dynamic_batching.preferred_batch_sizes),
-        spec.tensorrt.opt_batch_size,
-    )
-
-
 def engine_config(spec: PipelineSpec, member: MemberSpec, precision: str) -> ModelConfig:
     """``platform: "tensorrt_plan"``; max_batch_size is the profile's max, never more."""
-    profile = engine_profile(spec, member)
+    profile = spec.engine_profile(member)
     return ModelConfig(
-        name=variant_name(member, precision, "plan"), platform="tensorrt_plan", default_model_filename=PLAN_FILE,
+        name=variant_name(member, precision, ArtifactFormat.PLAN), platform="tensorrt_plan", default_model_filename=PLAN_FILE,
         inputs=_tensors(member.inputs), outputs=_tensors(member.outputs), max_batch_size=profile.max,
         instance_count=spec.instances_of(member), instance_kind="KIND_GPU", dynamic_batching=_batching(spec),
     )
@@ -302,19 +294,19 @@ def plan_pipeline(
     """
     plans = []
     for m in spec.all_models:
-        kind = "member" if m in spec.members else "baseline"
+        kind = ModelKind.MEMBER if m in spec.members else ModelKind.BASELINE
         for precision in (built or {}).get(m.name, spec.precisions_of(m)):
             plans.append(ModelPlan(kind, member_config(spec, m, target, precision), m.name, precision))
         for precision in (engines or {}).get(m.name, ()):
-            plans.append(ModelPlan(kind, engine_config(spec, m, precision), m.name, precision, "plan"))
+            plans.append(ModelPlan(kind, engine_config(spec, m, precision), m.name, precision, ArtifactFormat.PLAN))
     names = {m.name: variant_name(m, (served or {}).get(m.name, "fp32")) for m in spec.members}
     if spec.fusion_kind in ("classification", "detection"):
         fusion = fusion_config(spec, fitted)
-        plans.append(ModelPlan("fusion", fusion, format="python"))
-        plans.append(ModelPlan("ensemble", ensemble_config(spec, names, fusion), format="ensemble"))
+        plans.append(ModelPlan(ModelKind.FUSION, fusion, format=ArtifactFormat.FUSION))
+        plans.append(ModelPlan(ModelKind.ENSEMBLE, ensemble_config(spec, names, fusion), format=ArtifactFormat.ENSEMBLE))
     elif spec.fusion_kind == "chain":
-        plans.append(ModelPlan("ensemble", ensemble_config(spec, names, None), format="ensemble"))
+        plans.append(ModelPlan(ModelKind.ENSEMBLE, ensemble_config(spec, names, None), format=ArtifactFormat.ENSEMBLE))
     else:
         names.update({m.name: variant_name(m, (served or {}).get(m.name, "fp32")) for m in spec.baselines})
-        plans.append(ModelPlan("pipeline", bls_config(spec, names, external or {}), format="bls"))
+        plans.append(ModelPlan(ModelKind.PIPELINE, bls_config(spec, names, external or {}), format=ArtifactFormat.BLS))
     return plans

@@ -1,26 +1,27 @@
-"""Check a repository against its manifest, and pin a model version (rollback).
+"""Check a repository against its manifest.
 
-:func:`verify` re-hashes every file the manifest records, flags files it does not
-record, parses every ``config.pbtxt`` through Triton's schema, re-checks every ensemble's
-step graph and reports a commit a crash interrupted. :func:`rollback` makes an earlier
-version the served one by writing ``version_policy: specific`` into the model's config
-(through the schema, atomically) and recording it in the manifest; ``latest=True`` undoes
-it. A server in poll mode picks the change up by itself.
+:func:`verify` re-hashes every file the manifest records, flags files it does not record,
+parses every ``config.pbtxt`` through Triton's schema, re-checks every ensemble's step
+graph, reports a commit a crash interrupted, and flags build-host details that leaked into
+the files (absolute paths, the host's name), which would make the repository differ
+between machines and disclose the build machine's layout.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.dtypes import from_config_dtype
-from builder.errors import RepositoryError
-from builder.repository.config import EnsembleStep, ModelConfig, TensorConfig, parse_pbtxt
-from builder.repository.ensemble import check_ensemble
-from builder.repository.journal import journal_path, recover
-from builder.repository.manifest import MANIFEST, hash_tree, read_manifest, sha256_file, write_json_atomic
+from tritonfleet.builder.errors import RepositoryError
+from tritonfleet.builder.repository.config import EnsembleStep, ModelConfig, TensorConfig
+from tritonfleet.builder.repository.ensemble import check_ensemble
+from tritonfleet.builder.repository.journal import journal_path, recover
+from tritonfleet.builder.repository.manifest import hash_tree
+from tritonfleet.clients.dtypes import from_config_dtype
+from tritonfleet.clients.manifest import MANIFEST, read_manifest_dict
+from tritonfleet.clients.model_config import parse_pbtxt
 
 
 @dataclass
@@ -48,7 +49,7 @@ def verify(repo: Path, repair: bool = False) -> VerifyReport:
             report.problems.append(f"an interrupted commit left {journal_path(repo).name}; run "
                                    "'tritonfleet verify --repair' (or build again) to restore the repository")
             return report
-    manifest = read_manifest(repo)
+    manifest = read_manifest_dict(repo)
     if not (repo / MANIFEST).is_file():
         report.problems.append(f"{repo} has no {MANIFEST}: not a tritonfleet repository")
         return report
@@ -80,7 +81,39 @@ def verify(repo: Path, repair: bool = False) -> VerifyReport:
                 check_ensemble(config, configs)
             except Exception as exc:
                 report.problems.append(f"{name}: {exc}")
+    report.problems += leaked_host_details(repo, [repo / MANIFEST, *(repo / n / rel for n, r in manifest["models"].items()
+                                                                    for rel in r.get("files", {}))])
     return report
+
+
+# Absolute paths under the usual roots of a build machine's file system, and Windows drives.
+_ABSOLUTE_PATH = re.compile(rb"(?<![\w.:/-])(?:/(?:home|root|tmp|usr|opt|var|srv|mnt|work|Users|private)/[\w.+-]+"
+                            rb"|[A-Za-z]:\\(?:Users|Windows|Program Files|ProgramData)\\)")
+# tritonfleet's own runtime files (model.py, ops.py, ...) are checked for paths, not for the host name:
+# their code may contain any word.
+_CODE = (".py",)
+
+
+def leaked_host_details(repo: Path, files: list[Path]) -> list[str]:
+    """One problem per file that holds an absolute path or this host's name."""
+    host = socket.gethostname().encode()
+    by_host = (re.compile(rb"(?<![\w.-])" + re.escape(host) + rb"(?![\w-])"), "the host name")
+    needles = [(re.compile(re.escape(str(repo).encode())), "the repository's absolute path"),
+               (_ABSOLUTE_PATH, "an absolute path")]
+    problems = []
+    for path in files:
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        checks = needles if path.suffix in _CODE or len(host) < 4 else [*needles, by_host]
+        for needle in checks:
+            found = needle[0].search(data)
+            if found:
+                shown = found.group(0).decode(errors="replace")
+                problems.append(f"{path.relative_to(repo)}: holds {needle[1]} ('{shown}'); a repository should not "
+                                "depend on the machine that built it (rebuild without keep_debug_info)")
+                break
+    return problems
 
 
 def _to_config(proto) -> ModelConfig:
@@ -95,49 +128,3 @@ def _to_config(proto) -> ModelConfig:
     return ModelConfig(name=proto.name, inputs=tensors(proto.input), outputs=tensors(proto.output),
                        max_batch_size=proto.max_batch_size, platform=proto.platform or None,
                        backend=proto.backend or None, ensemble_steps=steps)
-
-
-def versions_on_disk(folder: Path) -> list[int]:
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def rollback(repo: Path, model: str, version: int | None = None, latest: bool = False) -> dict:
-    """Serve ``version`` of ``model`` (default: the version before the one served now)."""
-    from google.protobuf import text_format
-
-    repo = Path(repo).resolve()
-    recover(repo)
-    manifest = read_manifest(repo)
-    record = manifest["models"].get(model)
-    if record is None:
-        raise RepositoryError(f"model '{model}' is not in {repo} (models: {', '.join(sorted(manifest['models']))})")
-    folder = repo / model
-    available = versions_on_disk(folder)
-    config_path = folder / "config.pbtxt"
-    proto = parse_pbtxt(config_path.read_text())
-    served = list(proto.version_policy.specific.versions) or [max(available)]
-    if latest:
-        proto.ClearField("version_policy")
-        target = None
-    else:
-        if version is None:
-            older = [v for v in available if v < min(served)]
-            if not older:
-                raise RepositoryError(f"'{model}' serves version {min(served)}; no earlier version is kept "
-                                      f"(versions on disk: {available})")
-            version = older[-1]
-        if version not in available:
-            raise RepositoryError(f"'{model}' has no version {version} (versions on disk: {available})")
-        proto.version_policy.specific.versions[:] = [version]
-        target = version
-    text = text_format.MessageToString(proto)
-    if proto.max_batch_size == 0:
-        text += "max_batch_size: 0\n"
-    fd, tmp = tempfile.mkstemp(prefix=".config.", dir=folder)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, config_path)
-    record["files"]["config.pbtxt"] = sha256_file(config_path)
-    record["version_policy"] = None if target is None else {"specific": [target]}
-    write_json_atomic(repo / MANIFEST, manifest)
-    return {"model": model, "served": target or max(available), "previous": served, "available": available}

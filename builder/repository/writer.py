@@ -3,7 +3,7 @@
 Everything is first written into a staging folder beside the repository
 (``.<repo>.staging-*``, on the same filesystem). Only :meth:`RepositoryWriter.commit`
 touches the repository, through a journaled list of atomic renames that ends with the
-new ``manifest.json`` (see :mod:`builder.repository.journal`): an error or a crash before
+new ``manifest.json`` (see :mod:`tritonfleet.builder.repository.journal`): an error or a crash before
 that point leaves the repository byte-identical, or restorable to it by ``recover``.
 
 Versions: a new model starts at version 1. When a rebuild changes a model's files, they
@@ -21,18 +21,17 @@ nobody owns them.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from builder.errors import RepositoryError
-from builder.failpoints import failpoint
-from builder.repository.journal import Journal, recover
-from builder.repository.manifest import MANIFEST, hash_tree, read_manifest, write_json_atomic
-from builder.repository.plan import ModelPlan
+from tritonfleet.builder.errors import RepositoryError
+from tritonfleet.builder.failpoints import failpoint
+from tritonfleet.builder.repository.journal import Journal, recover, staging_folder
+from tritonfleet.builder.repository.manifest import hash_tree, write_json_atomic
+from tritonfleet.builder.repository.plan import ModelPlan
+from tritonfleet.clients.manifest import MANIFEST, read_manifest_dict
 
 CONFIG = "config.pbtxt"
 
@@ -48,23 +47,12 @@ class RepositoryWriter:
         self.actions: dict[str, tuple[str, int]] = {}
 
     def __enter__(self) -> RepositoryWriter:
-        parent = self.repo.parent
-        if self.repo.exists() and not self.repo.is_dir():
-            raise RepositoryError(f"output_dir {self.repo} exists and is not a folder")
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale_staging(parent, self.repo.name)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.repo.name}.staging-{os.getpid()}-", dir=parent))
-        except OSError as exc:
-            raise RepositoryError(
-                f"cannot write beside output_dir {self.repo} ({exc.strerror}); choose a writable "
-                "output_dir in the spec or with --output"
-            ) from None
+        self._staging_cm = staging_folder(self.repo)
+        self.staging = self._staging_cm.__enter__()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.staging is not None and self.staging.exists():
-            shutil.rmtree(self.staging, ignore_errors=True)
+        self._staging_cm.__exit__(exc_type, exc, tb)
 
     # ------------------------------------------------------------------ staging
     def model_dir(self, name: str) -> Path:
@@ -99,7 +87,7 @@ class RepositoryWriter:
     # ------------------------------------------------------------------ ownership
     def check_names(self, names: Iterable[str]) -> None:
         """Before any work: refuse names whose folders tritonfleet did not write."""
-        manifest = read_manifest(self.repo)
+        manifest = read_manifest_dict(self.repo)
         self._raise([f"folder '{self.repo / n}' exists and was not written by tritonfleet"
                      for n in names if n not in manifest["models"] and (self.repo / n).exists()])
 
@@ -142,7 +130,7 @@ class RepositoryWriter:
         """Apply the staged models to the repository; return the names of removed models."""
         assert self.staging is not None
         recover(self.repo)
-        manifest = read_manifest(self.repo)
+        manifest = read_manifest_dict(self.repo)
         actions = self._actions(manifest)
         self.actions = actions
         self.repo.mkdir(parents=True, exist_ok=True)
@@ -195,15 +183,6 @@ class RepositoryWriter:
         failpoint("before-commit")
         journal.commit(new_manifest)
         return removed
-
-
-def _remove_stale_staging(parent: Path, repo_name: str) -> None:
-    """Staging folders of builds that were killed (their process is gone) are removed;
-    run after journal recovery, which may still need a killed commit's staging folder."""
-    for folder in parent.glob(f".{repo_name}.staging-*"):
-        pid = folder.name.rsplit(".staging-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _version_files(files: Mapping[str, str], version: int) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Write the detection example's members (seeded, no training) and sample images.
 
-    python -m examples.detection.make [ARTIFACTS]
+    python -m tritonfleet.examples.detection.make ARTIFACTS
 """
 
 from __future__ import annotations
@@ -10,15 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_ARTIFACTS = Path(__file__).parent / "artifacts"
 MEMBERS = {"det_a": 1, "det_b": 2, "det_c": 3}  # name -> noise seed
 NOISE = 0.05
 
 
-def ensure_models(artifacts: Path = DEFAULT_ARTIFACTS) -> Path:
+def ensure_models(artifacts: Path) -> Path:
     import torch
 
-    from examples.detection.models import ToyDetector
+    from tritonfleet.examples.detection.models import ToyDetector
 
     artifacts = Path(artifacts)
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -37,4 +36,6 @@ def ensure_models(artifacts: Path = DEFAULT_ARTIFACTS) -> Path:
 
 
 if __name__ == "__main__":
-    print(ensure_models(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_ARTIFACTS))
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m tritonfleet.examples.detection.make ARTIFACTS")
+    print(ensure_models(Path(sys.argv[1])))

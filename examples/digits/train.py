@@ -1,6 +1,7 @@
 """Train the digits example models (CPU, seconds) and save them with a fixed data split.
 
-Writes into ``ARTIFACTS`` (default ``examples/digits/artifacts``):
+Writes into ``ARTIFACTS`` (the example specs expect ``WORKDIR/examples/digits/artifacts``;
+see :mod:`tritonfleet.examples.workdir`):
 
 * ``digits.npz``: ``x_train, y_train, x_val, y_val, x_test, y_test, x_calib`` with images as
   float32 ``[N, 1, 8, 8]`` in ``[0, 1]`` and labels as int64;
@@ -12,7 +13,7 @@ Writes into ``ARTIFACTS`` (default ``examples/digits/artifacts``):
 
 Models whose checkpoint already matches the recipe are reused, so reruns are instant.
 
-    python -m examples.digits.train [ARTIFACTS]
+    python -m tritonfleet.examples.digits.train ARTIFACTS
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_ARTIFACTS = Path(__file__).parent / "artifacts"
 SPLIT_SEED = 0
 CALIBRATION_SAMPLES = 256
 
@@ -47,10 +47,10 @@ class Recipe:
 
 
 RECIPES: tuple[Recipe, ...] = (
-    Recipe("cnn_small_a", "examples.digits.models:DigitsCNN", {"width": 12}, seed=1),
-    Recipe("cnn_small_b", "examples.digits.models:DigitsCNN", {"width": 16}, seed=2),
-    Recipe("cnn_small_c", "examples.digits.models:DigitsCNN", {"width": 20}, seed=3),
-    Recipe("cnn_large", "examples.digits.models:LargeDigitsCNN", {}, seed=4),
+    Recipe("cnn_small_a", "tritonfleet.examples.digits.models:DigitsCNN", {"width": 12}, seed=1),
+    Recipe("cnn_small_b", "tritonfleet.examples.digits.models:DigitsCNN", {"width": 16}, seed=2),
+    Recipe("cnn_small_c", "tritonfleet.examples.digits.models:DigitsCNN", {"width": 20}, seed=3),
+    Recipe("cnn_large", "tritonfleet.examples.digits.models:LargeDigitsCNN", {}, seed=4),
 )
 
 
@@ -143,7 +143,7 @@ CHAIN = ChainRecipe()
 def train_chain(recipe: ChainRecipe, data: dict[str, np.ndarray], on_epoch: Callable[[], None] = lambda: None):
     import torch
 
-    from examples.digits.models import DigitsBackbone, DigitsHead
+    from tritonfleet.examples.digits.models import DigitsBackbone, DigitsHead
 
     x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
 
@@ -173,7 +173,7 @@ def train_chain(recipe: ChainRecipe, data: dict[str, np.ndarray], on_epoch: Call
 def _ensure_chain(artifacts: Path, data: dict[str, np.ndarray], bar) -> None:
     import torch
 
-    from examples.digits.models import DigitsHead  # noqa: F401  (import path recorded below)
+    from tritonfleet.examples.digits.models import DigitsHead  # noqa: F401  (import path recorded below)
 
     meta_path = artifacts / f"{CHAIN.name}.json"
     current = meta_path.is_file() and json.loads(meta_path.read_text()).get("recipe_digest") == CHAIN.digest()
@@ -203,7 +203,7 @@ def _is_current(artifacts: Path, recipe: Recipe) -> bool:
 
 
 def ensure_trained(
-    artifacts: Path = DEFAULT_ARTIFACTS,
+    artifacts: Path,
     recipes: tuple[Recipe, ...] = RECIPES,
     noise: float = 0.0,
     progress: bool = True,
@@ -243,7 +243,10 @@ def ensure_trained(
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    artifacts = Path(argv[0]) if argv else DEFAULT_ARTIFACTS
+    if len(argv) != 1:
+        print("usage: python -m tritonfleet.examples.digits.train ARTIFACTS", file=sys.stderr)
+        return 2
+    artifacts = Path(argv[0])
     for name, meta in ensure_trained(artifacts).items():
         print(f"{name:12s} val {meta['val_accuracy']:.4f}  test {meta['test_accuracy']:.4f}")
     return 0
