@@ -50,7 +50,11 @@ class TritonDistribution:
         except ImportError:
             raise MissingDependencyError(f"the local Triton server needs nvidia-pytriton; {INSTALL_HINT}") from None
         root = get_root_module_path() / "tritonserver"
-        dist = cls(root / "bin" / "tritonserver", root / "backends", root / "python_backend_stubs", get_libs_path())
+        # pytriton guesses "editable install" when its package is not under a site dir (e.g. installed with
+        # pip --target and put on PYTHONPATH) and then looks in the wrong place: take the folder that exists.
+        candidates = [get_libs_path(), root.parent.parent / "nvidia_pytriton.libs", root / "external_libs"]
+        libs = next((c for c in candidates if Path(c).is_dir()), get_libs_path())
+        dist = cls(root / "bin" / "tritonserver", root / "backends", root / "python_backend_stubs", Path(libs))
         if not dist.binary.is_file():
             raise MissingDependencyError(f"tritonserver binary not found at {dist.binary}; {INSTALL_HINT}")
         return dist

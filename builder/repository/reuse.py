@@ -50,6 +50,7 @@ class ArtifactKeys:
                            "files": [self._sha(f) for f in m.model.files]},
                 "signature": [t.model_dump(mode="json") for t in (*m.inputs, *m.outputs)],
                 "opset": spec.opset,
+                "export": spec.export.model_dump(mode="json"),
                 "upstream": {n: self.key(spec.model(src), "fp32") for n, (src, _) in spec.sources_of(m).items()},
                 "parity": {"samples": spec.parity.samples, "data": data,
                            "tolerance": spec.parity.for_precision(precision).model_dump(mode="json")},

@@ -10,6 +10,15 @@ from pydantic import Field, model_validator
 from tritonfleet.builder.spec.common import MAX_BATCH_LIMIT, ExistingFile, Precision, ResolvedPath, _Strict
 
 
+# --------------------------------------------------------------------------- export
+class ExportOptions(_Strict):
+    """How members become ONNX."""
+
+    # torch writes per-node stack traces (with the build machine's file paths), FX node dumps
+    # and class names into the ONNX; they are removed unless kept for debugging an export
+    keep_debug_info: bool = False
+
+
 # --------------------------------------------------------------------------- serving
 class DynamicBatching(_Strict):
     enabled: bool = True

@@ -15,7 +15,15 @@ from pydantic import Field, PrivateAttr, model_validator
 from tritonfleet.builder.spec.common import ModelName, ResolvedPath, _Strict
 from tritonfleet.builder.spec.fusion import FusionSpec, StageRef
 from tritonfleet.builder.spec.models import MemberSpec, TensorSpec
-from tritonfleet.builder.spec.options import BatchProfile, DataSpec, ParitySpec, PrecisionSpec, Serving, TensorRTSpec
+from tritonfleet.builder.spec.options import (
+    BatchProfile,
+    DataSpec,
+    ExportOptions,
+    ParitySpec,
+    PrecisionSpec,
+    Serving,
+    TensorRTSpec,
+)
 from tritonfleet.clients.dtypes import FLOAT_DTYPES
 
 
@@ -25,6 +33,7 @@ class PipelineSpec(_Strict):
     target: Literal["local", "ngc"] = "local"
     output_dir: ResolvedPath = Path("../model_repository")
     opset: int = Field(default=18, ge=13, le=23)
+    export: ExportOptions = Field(default_factory=ExportOptions)
     serving: Serving = Field(default_factory=Serving)
     members: list[MemberSpec] = Field(min_length=1, max_length=64)
     fusion: FusionSpec
