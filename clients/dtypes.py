@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tritonfleet.clients.errors import UsageError
+
 # spec name -> (Triton short name, numpy dtype)
 _TABLE: dict[str, tuple[str, type]] = {
     "float32": ("FP32", np.float32),
@@ -31,12 +33,12 @@ def numpy_dtype(name: str) -> np.dtype:
 
 
 def from_numpy(dtype: np.dtype) -> str:
-    """numpy dtype -> spec name; raises KeyError for unsupported dtypes."""
+    """numpy dtype -> spec name."""
     dtype = np.dtype(dtype)
     for name, (_, np_type) in _TABLE.items():
         if np.dtype(np_type) == dtype:
             return name
-    raise KeyError(str(dtype))
+    raise UsageError(f"numpy dtype {dtype} has no Triton equivalent (supported: {', '.join(DTYPE_NAMES)})")
 
 
 def from_config_dtype(config_dtype: str) -> str:

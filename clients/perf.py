@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from tritonfleet.clients.errors import MissingDependencyError, ServerError
+from tritonfleet.clients.errors import MissingDependencyError, ServerError, UsageError
 from tritonfleet.clients.loadgen import LoadResult, ServerTime
 
 INSTALL_HINT = ("install it with: pip install 'tritonclient[all]==2.51.0' nvidia-cuda-runtime-cu12 and "
@@ -66,7 +66,7 @@ def _range(values) -> str:
         return f"{values[0]:g}"
     step = values[1] - values[0]
     if any(abs((b - a) - step) > 1e-9 for a, b in zip(values, values[1:])) or step <= 0:
-        raise ValueError(f"perf_analyzer sweeps need evenly spaced values, got {values}")
+        raise UsageError(f"perf_analyzer sweeps need evenly spaced values (start:end:step), got {values}")
     return f"{values[0]:g}:{values[-1]:g}:{step:g}"
 
 
@@ -121,7 +121,7 @@ def parse_perf_csv(text: str, model: str, batch_size: int = 1) -> list[LoadResul
     """One :class:`LoadResult` per row of perf_analyzer's ``-f`` CSV (latencies in usec)."""
     reader = csv.DictReader(io.StringIO(text.strip()))
     if reader.fieldnames is None or "Inferences/Second" not in reader.fieldnames:
-        raise ValueError("not a perf_analyzer CSV: no 'Inferences/Second' column")
+        raise ServerError("not a perf_analyzer CSV: no 'Inferences/Second' column")
     rate_mode = reader.fieldnames[0] == "Request Rate"
     results = []
     for row in reader:

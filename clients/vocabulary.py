@@ -41,8 +41,3 @@ class ModelKind(_Word):
     PIPELINE = "pipeline"
 
 
-
-def check_precision(value: str) -> str:
-    if value not in PRECISIONS:
-        raise ValueError(f"unknown precision '{value}'; use one of {', '.join(PRECISIONS)}")
-    return value

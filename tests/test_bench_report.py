@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
 
+from tritonfleet.clients.errors import ServerError, UsageError
 from tritonfleet.clients.evaluation.bench import BenchReport, ModelBench, describe_models
 from tritonfleet.clients.evaluation.report import PLOTS, front_models, pareto_front, render
 from tritonfleet.clients.loadgen import LoadConfig, LoadResult, run_load
@@ -38,14 +40,15 @@ def test_perf_csv_parser_on_a_rate_sweep():
     assert r.mode == "rate" and r.request_rate == 100 and r.infer_per_s == 800.5
     assert r.requests_per_s == pytest.approx(800.5 / 8)
     assert r.latency_ms["p99"] == pytest.approx(1.421) and r.server["m"].compute_output_us == 175
-    with pytest.raises(ValueError, match="not a perf_analyzer CSV"):
+    with pytest.raises(ServerError, match="not a perf_analyzer CSV: no 'Inferences/Second' column"):
         parse_perf_csv("a,b\n1,2\n", "m")
 
 
 def test_perf_analyzer_config_arguments(tmp_path):
     args = PerfAnalyzerConfig("m", "h:1", concurrency=(2, 4, 6), batch_size=4).to_args(tmp_path / "pa", tmp_path / "o")
     assert args[args.index("--concurrency-range") + 1] == "2:6:2" and args[args.index("-b") + 1] == "4"
-    with pytest.raises(ValueError, match="evenly spaced"):
+    message = "perf_analyzer sweeps need evenly spaced values (start:end:step), got [1, 2, 8]"
+    with pytest.raises(UsageError, match=re.escape(message)):
         PerfAnalyzerConfig("m", "h:1", concurrency=(1, 2, 8)).to_args(tmp_path / "pa", tmp_path / "o")
 
 
