@@ -73,6 +73,7 @@ from tritonfleet.builder.stages.variants import (
     select_variant,
 )
 from tritonfleet.builder.steps import BuildStep, SkipStep, Status, StepResult, run_steps
+from tritonfleet.clients.dtypes import FLOAT_DTYPES
 from tritonfleet.clients.manifest import read_manifest_dict
 from tritonfleet.clients.model_config import parse_pbtxt, tensors_of
 from tritonfleet.clients.vocabulary import ArtifactFormat
@@ -147,7 +148,7 @@ class BuildState:
         """Models whose first output is class scores measured against labels (not backbones)."""
         first = m.outputs[0]
         consumed = {src.split(".")[0] for other in self.spec.members for src in other.inputs_from.values()}
-        return len(first.shape) == 1 and first.dtype in ("float32", "float16", "float64") and m.name not in consumed
+        return len(first.shape) == 1 and first.dtype in FLOAT_DTYPES and m.name not in consumed
 
     def check(self, m: MemberSpec, precision: str, path: Path, runtime: str,
               actual: Mapping[str, np.ndarray] | None = None) -> ParityRecord:
