@@ -39,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except TritonfleetError as exc:
-        err_console().print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        from rich.markup import escape
+
+        # escaped: a message may hold brackets (pvc://CLAIM[/PATH]) that rich would read as markup
+        err_console().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console().print("interrupted")

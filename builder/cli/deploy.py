@@ -57,6 +57,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
     from tritonfleet.builder.errors import DeployError
     from tritonfleet.builder.lifecycle.deploy import bundle
     from tritonfleet.builder.lifecycle.deploy.options import KUBERNETES_VERSION, DeployOptions, parse_storage
@@ -71,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
     )
     version = args.kubernetes_version or KUBERNETES_VERSION
     if args.check:
-        import kubernetes_validate
+        from kubernetes_validate.utils import all_versions
 
-        known = kubernetes_validate.all_versions()
+        known = sorted(set(all_versions()), key=lambda v: tuple(int(p) for p in v.split(".")))
         if version not in known:
             raise DeployError(f"--kubernetes-version {version}: not a version kubernetes-validate knows "
                               f"({known[0]} .. {known[-1]})")
@@ -84,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
     if plan.image:
         shown.print(f"  image   {plan.image}   GPUs per pod: {plan.gpus}")
     for name in plan.resources:
-        shown.print(f"  {name}")
+        shown.print(f"  {escape(name)}")
     for note in plan.notes:
-        shown.print(f"  [yellow]note[/] {note}")
+        shown.print(f"  [yellow]note[/] {escape(note)}")
     if not args.check:
         shown.print(f"apply with: kubectl apply -k {out}")
         return 0
@@ -94,11 +96,11 @@ def run(args: argparse.Namespace) -> int:
 
     report = check_folder(out, version)
     for line in report.checked:
-        shown.print(f"  [green]ok[/] {line}")
+        shown.print(f"  [green]ok[/] {escape(line)}")
     for note in report.notes:
-        shown.print(f"  [yellow]note[/] {note}")
+        shown.print(f"  [yellow]note[/] {escape(note)}")
     for problem in report.problems:
-        shown.print(f"  [red]problem[/] {problem}")
+        shown.print(f"  [red]problem[/] {escape(problem)}")
     status = "[green]all checks passed[/]" if report.ok else f"[red]{len(report.problems)} problem(s)[/]"
     shown.print(f"{out}: {status} (Kubernetes {version})")
     return 0 if report.ok else 1
