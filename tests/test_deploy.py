@@ -247,6 +247,8 @@ def test_kserve_canary_when_a_newer_version_rolls_out(ngc_build, tmp_path, capsy
     (["--gpus", "0"], "have KIND_GPU instance groups and would not load without a GPU"),
     (["--min-replicas", "3", "--max-replicas", "2"], "error: --max-replicas 2: must be >= --min-replicas (3)"),
     (["--canary-traffic-percent", "5"], "error: --canary-traffic-percent is for 'deploy kserve'"),
+    (["--check", "--kubernetes-version", "1.2"], "error: --kubernetes-version 1.2: not a version kubernetes-validate "
+                                                 "knows (1.25.0 .. 1.37.0)"),
 ])
 def test_bad_deploy_options_are_one_clear_error(ngc_build, tmp_path, capsys, extra, message):
     _, result = ngc_build

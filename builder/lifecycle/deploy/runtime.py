@@ -10,6 +10,7 @@ name, and the metrics endpoint must expose every series the HPA rule and alert r
 
 from __future__ import annotations
 
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -62,9 +63,16 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def scrape_series(text: str) -> set[str]:
-    from prometheus_client.parser import text_string_to_metric_families
+    """Series names in a Prometheus text exposition, exactly as Prometheus stores them.
 
-    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    (prometheus_client's parser is not used here: it renames counter samples to ``<name>_total``,
+    the OpenMetrics form, while Triton exposes and Prometheus stores ``nv_inference_request_success``.)"""
+    names = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            names.add(re.split(r"[{\s]", line, maxsplit=1)[0])
+    return names
 
 
 def run_container_locally(folder: Path, repository: Path, required_series: set[str],
