@@ -148,6 +148,7 @@ def test_k8s_objects_pass_every_offline_check(k8s_folder):
     assert "PrometheusRule/tritonfleet: PromQL parsed, promtool check rules" in checked
     assert {QUEUE_SERIES, SUCCESS_SERIES, "nv_inference_request_failure",
             "nv_inference_pending_request_count"} == report.series
+    assert report.labels == {"model", "namespace", "pod"}
 
 
 def test_k8s_deployment_matches_the_repository(k8s_folder, ngc_build):
@@ -293,7 +294,8 @@ def test_the_generated_command_line_serves_the_repository(local_build, tmp_path)
                  "--alert-rules", str(ALERT_RULES)]) == 0
     offline = check_folder(out, require_promtool=True)
     assert offline.problems == []
-    report = run_container_locally(out, result.repository, offline.series, log_path=tmp_path / "server.log")
+    report = run_container_locally(out, result.repository, offline.series, offline.labels,
+                                   log_path=tmp_path / "server.log")
     container = objects(out)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     ran = report.argv[1:]
     assert report.argv[0].endswith("/tritonserver")
@@ -306,4 +308,6 @@ def test_the_generated_command_line_serves_the_repository(local_build, tmp_path)
     assert report.probes == {"/v2/health/live": 200, "/v2/health/ready": 200}
     assert offline.series >= {QUEUE_SERIES, SUCCESS_SERIES}
     assert report.missing == [], f"not on the metrics endpoint: {report.missing}"
+    assert offline.labels == {"model", "namespace", "pod"}   # alert rules group by model, the adapter by pod
+    assert report.missing_labels == []
     assert report.ok

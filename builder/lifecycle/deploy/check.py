@@ -7,14 +7,19 @@
   through ``promtool check rules``; the series they read are collected for the runtime check.
 * References: the Service, PodDisruptionBudget and ServiceMonitor select the Deployment's pods,
   named ports and probe ports exist, the HPA scales the Deployment on the metric the adapter
-  rule defines, kustomization lists every object file and only files that exist.
+  rule defines, kustomization lists every object file and only files that exist (and, where
+  kubectl is installed, ``kubectl kustomize`` builds them offline).
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tritonfleet.builder.lifecycle.deploy import promql
 from tritonfleet.builder.lifecycle.deploy.bundle import ADAPTER_VALUES, KUSTOMIZATION, LOADER, load_objects
@@ -30,6 +35,7 @@ class CheckReport:
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)   # what passed which check
     series: set[str] = field(default_factory=set)      # metric series the HPA rule and alert rules read
+    labels: set[str] = field(default_factory=set)      # label names they match on or group by
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -101,6 +107,28 @@ class _Checker:
         if kustomization.get("kind") != "Kustomization" or unknown:
             self.problem(KUSTOMIZATION, f"not the Kustomization tritonfleet writes (unexpected: {sorted(unknown)})")
         self.report.checked.append(f"{KUSTOMIZATION}: {len(listed)} resources, all present")
+        self.kustomize(len(listed))
+
+    def kustomize(self, expected: int) -> None:
+        """``kubectl kustomize`` (offline) when kubectl is installed; it is not required."""
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            self.report.notes.append("kubectl not found: the folder was not built with 'kubectl kustomize'")
+            return
+        try:
+            done = subprocess.run([kubectl, "kustomize", str(self.report.folder)], capture_output=True, text=True,
+                                  timeout=120)
+        except subprocess.TimeoutExpired:
+            self.report.notes.append("'kubectl kustomize' did not finish in 120 s; skipped")
+            return
+        if done.returncode != 0:
+            self.problem(KUSTOMIZATION, f"kubectl kustomize failed: {(done.stderr or done.stdout).strip()[:400]}")
+            return
+        built = [d for d in yaml.safe_load_all(done.stdout) if d]
+        if len(built) != expected:
+            self.problem(KUSTOMIZATION, f"kubectl kustomize built {len(built)} objects, expected {expected}")
+        else:
+            self.report.checked.append(f"{KUSTOMIZATION}: kubectl kustomize builds {len(built)} objects")
 
     # ------------------------------------------------------------------ schemas
     def schema(self, file: str, obj: dict[str, Any]) -> None:
@@ -132,6 +160,7 @@ class _Checker:
         for where, expr in promql.rule_expressions(groups):
             try:
                 self.report.series |= promql.series(expr)
+                self.report.labels |= promql.labels(expr)
             except ValueError as exc:
                 found.append(f"{where}: not PromQL ({exc}): {expr}")
         if promql.promtool():
@@ -228,6 +257,7 @@ class _Checker:
                               ("metricsQuery", render_adapter_query(rule.get("metricsQuery", "")))):
                 try:
                     self.report.series |= promql.series(text)
+                    self.report.labels |= promql.labels(text)
                 except ValueError as exc:
                     self.problem(where, f"{key} is not PromQL once rendered ({exc}): {text}")
             if promql.promtool():

@@ -51,6 +51,25 @@ def series(expr: str) -> set[str]:
     return names
 
 
+def labels(expr: str) -> set[str]:
+    """Label names ``expr`` matches on or groups by (``__name__`` aside)."""
+    import promql_parser
+
+    found: set[str] = set()
+
+    def visit(node):
+        if isinstance(node, promql_parser.VectorSelector):
+            found.update(m.name for m in node.matchers.matchers if m.name != "__name__")
+        elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+            found.update(node.modifier.labels)
+        elif isinstance(node, promql_parser.BinaryExpr) and node.modifier is not None and node.modifier.matching:
+            found.update(node.modifier.matching.labels)
+        return True
+
+    promql_parser.walk(parse(expr), visit)
+    return found
+
+
 def rule_expressions(groups: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(where, expr) of every rule in rules-file ``groups``."""
     out = []

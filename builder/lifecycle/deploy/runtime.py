@@ -5,7 +5,8 @@ values (the repository path for ``/models`` or the bucket, 127.0.0.1 for 0.0.0.0
 for 8000/8001/8002), and starts the tritonserver bundled in nvidia-pytriton with it. The
 local server also gets ``--backend-directory`` (its Python backend; the NGC image has its
 backends at the default place). Then the probes' paths are asked on the port the probes
-name, and the metrics endpoint must expose every series the HPA rule and alert rules read.
+name, and the metrics endpoint must expose every series the HPA rule and alert rules read, and
+every label they match on or group by (or Prometheus adds it from the scrape target).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from tritonfleet.builder.lifecycle.deploy.command import BINARY, PORTS, local_va
 from tritonfleet.clients.server import ServerConfig, TritonServer, free_port
 
 HOST = "127.0.0.1"
+# labels Prometheus adds to every scraped series from the ServiceMonitor's target (not on the endpoint)
+TARGET_LABELS = frozenset({"namespace", "pod", "service", "job", "instance", "container", "endpoint"})
 
 
 @dataclass
@@ -40,11 +43,12 @@ class RuntimeReport:
     probes: dict[str, int]             # probe path -> HTTP status
     series: set[str]                   # series names on the metrics endpoint
     missing: list[str]                 # series the rules read that the endpoint lacks
+    missing_labels: list[str] = field(default_factory=list)   # labels they use that no series (or target) has
     log: Path | None = None
 
     @property
     def ok(self) -> bool:
-        return all(code == 200 for code in self.probes.values()) and not self.missing
+        return all(code == 200 for code in self.probes.values()) and not self.missing and not self.missing_labels
 
 
 def container(folder: Path) -> dict:
@@ -62,21 +66,24 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, ""
 
 
-def scrape_series(text: str) -> set[str]:
-    """Series names in a Prometheus text exposition, exactly as Prometheus stores them.
+def scrape(text: str) -> tuple[set[str], set[str]]:
+    """(series names, label names) of a Prometheus text exposition, as Prometheus stores them.
 
     (prometheus_client's parser is not used here: it renames counter samples to ``<name>_total``,
     the OpenMetrics form, while Triton exposes and Prometheus stores ``nv_inference_request_success``.)"""
-    names = set()
+    names, label_names = set(), set()
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
-            names.add(re.split(r"[{\s]", line, maxsplit=1)[0])
-    return names
+            name, _, rest = line.partition("{")
+            names.add(name.split()[0])
+            if rest:
+                label_names.update(re.findall(r'(\w+)="', rest.rpartition("}")[0]))
+    return names, label_names
 
 
 def run_container_locally(folder: Path, repository: Path, required_series: set[str],
-                          log_path: Path | None = None) -> RuntimeReport:
+                          required_labels: set[str] = frozenset(), log_path: Path | None = None) -> RuntimeReport:
     """Start the bundled tritonserver with ``folder``'s container command line on ``repository``."""
     spec = container(folder)
     command = [*spec.get("command", []), *spec.get("args", [])]
@@ -101,5 +108,7 @@ def run_container_locally(folder: Path, repository: Path, required_series: set[s
         code, text = _get(f"http://{HOST}:{ports['metrics']}/metrics")
         if code != 200:
             raise DeployError(f"the metrics endpoint answered {code}")
-        found = scrape_series(text)
-    return RuntimeReport(argv, probes, found, sorted(required_series - found), server.log_path)
+        found, label_names = scrape(text)
+    return RuntimeReport(argv, probes, found, sorted(required_series - found),
+                         missing_labels=sorted(set(required_labels) - label_names - TARGET_LABELS),
+                         log=server.log_path)
