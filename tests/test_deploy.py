@@ -40,7 +40,7 @@ def deploy(argv: list[str], capsys) -> tuple[int, str, str]:
 
 def objects(folder: Path) -> dict[str, dict]:
     """kind -> the (first) object of that kind in a deploy folder."""
-    return {o["kind"]: o for objs in load_objects(folder).values() for o in objs}
+    return {o["kind"]: o for objs in load_objects(folder).values() for o in objs if "kind" in o}
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +259,15 @@ def test_bad_deploy_options_are_one_clear_error(ngc_build, tmp_path, capsys, ext
     err = " ".join(err.split())
     assert message in err and "Traceback" not in err, err
     assert not out.exists()   # nothing written
+
+
+def test_k8s_only_options_are_refused_for_kserve(ngc_build, tmp_path, capsys):
+    _, result = ngc_build
+    out = tmp_path / "out"
+    code, _, err = deploy(["kserve", str(result.repository), "--out", str(out), "--alert-rules", str(ALERT_RULES)],
+                          capsys)
+    assert code == 2 and not out.exists()
+    assert "error: --alert-rules is for 'deploy k8s'" in err
 
 
 def test_a_gpu_count_on_a_cpu_only_repository_is_refused(local_build, tmp_path, capsys):

@@ -87,6 +87,11 @@ def plan(platform: Platform, repository: Path, options: DeployOptions) -> Plan:
         notes.append(f"TensorRT engines ({', '.join(sorted(facts.engines))}) were built with TensorRT "
                      f"{', '.join(versions)}: the image must have the same TensorRT version")
     if platform == "kserve":
+        if options.storage_secret:
+            raise DeployError("--storage-secret is for 'deploy k8s'; KServe reads storage credentials from the "
+                              "secrets of --service-account")
+        if options.alert_rules:
+            raise DeployError("--alert-rules is for 'deploy k8s' (a PrometheusRule beside the ServiceMonitor)")
         rollouts = [f"{r.model} v{r.previous}->v{r.serving}" for r in facts.rollouts]
         percent = options.canary_traffic_percent
         if percent is None and rollouts:
