@@ -72,7 +72,10 @@ def run(args: argparse.Namespace) -> int:
         canary_traffic_percent=args.canary_traffic_percent,
     )
     version = args.kubernetes_version or KUBERNETES_VERSION
-    if args.check:
+    if args.kubernetes_version is not None or args.check:
+        from tritonfleet.builder.lifecycle.deploy.check import require_checkers
+
+        require_checkers()
         from kubernetes_validate.utils import all_versions
 
         known = sorted(set(all_versions()), key=lambda v: tuple(int(p) for p in v.split(".")))

@@ -25,6 +25,7 @@ from tritonfleet.builder.lifecycle.deploy import promql
 from tritonfleet.builder.lifecycle.deploy.bundle import ADAPTER_VALUES, KUSTOMIZATION, LOADER, load_objects
 from tritonfleet.builder.lifecycle.deploy.monitoring import render_adapter_query
 from tritonfleet.builder.lifecycle.deploy.options import KUBERNETES_VERSION
+from tritonfleet.clients.errors import MissingDependencyError
 
 CORE_GROUPS = ("v1", "apps/v1", "autoscaling/v2", "policy/v1")
 
@@ -273,7 +274,19 @@ class _Checker:
         self.report.checked.append(f"{ADAPTER_VALUES}: {len(rules)} rule(s), PromQL parsed")
 
 
+def require_checkers() -> None:
+    """One clear error when the offline checkers are not installed."""
+    import importlib.util
+
+    missing = [name for module, name in (("kubernetes_validate", "kubernetes-validate"), ("jsonschema", "jsonschema"),
+                                         ("promql_parser", "promql-parser")) if importlib.util.find_spec(module) is None]
+    if missing:
+        raise MissingDependencyError(f"tritonfleet deploy --check needs {', '.join(missing)}: "
+                                     "pip install 'tritonfleet[deploy]'")
+
+
 def check_folder(folder: Path, kubernetes_version: str = KUBERNETES_VERSION, *, kserve_sdk: Path | None = None,
                  require_promtool: bool = False) -> CheckReport:
     """Check a folder written by ``tritonfleet deploy`` without a cluster."""
+    require_checkers()
     return _Checker(Path(folder), kubernetes_version, kserve_sdk, require_promtool).run()

@@ -1,6 +1,6 @@
 """PromQL in the generated files: parsed, the series it reads listed, rule files run through promtool.
 
-``promql-parser`` (PyPI; the Rust parser Greptime maintains) parses every expression and
+``promql-parser`` (PyPI; Python bindings of GreptimeTeam's Rust PromQL parser) parses every expression and
 walks it for the series it selects, which the runtime check then looks for on Triton's
 metrics endpoint. ``promtool check rules`` (Debian's ``prometheus`` package) checks a whole
 rules file as Prometheus will load it: expressions, durations, labels, annotation templates.
