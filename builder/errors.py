@@ -25,3 +25,7 @@ class ValidationError(TritonfleetError):
 
 class RepositoryError(TritonfleetError):
     """The model repository on disk is missing, inconsistent or not writable."""
+
+
+class DeployError(TritonfleetError):
+    """A deployment option is invalid, or does not fit the repository it deploys."""

@@ -17,7 +17,8 @@ from tritonfleet.builder.cli import main, make_parser
 
 NUMBERS = {cli_args.positive_int: ["0", "-1", "abc", "1.5"], cli_args.positive_float: ["0", "-2", "abc"],
            cli_args.non_negative_float: ["-0.5", "x"], cli_args.port: ["-1", "70000", "http"],
-           cli_args.int_list: ["0", "1,-2", "a,b", ","], cli_args.precision_list: ["fp8", "fp32,int4", ","]}
+           cli_args.int_list: ["0", "1,-2", "a,b", ","], cli_args.precision_list: ["fp8", "fp32,int4", ","],
+           cli_args.non_negative_int: ["-1", "x", "0.5"], cli_args.percent: ["-1", "101", "ten"]}
 FILES = (cli_args.existing_file, cli_args.existing_dir, cli_args.json_file)
 
 
@@ -38,7 +39,8 @@ def positionals(sub: argparse.ArgumentParser, tmp_path) -> list[str]:
     for action in sub._actions:
         if action.option_strings or action.nargs == "?" or isinstance(action, argparse._SubParsersAction):
             continue
-        values.append(str(tmp_path) if action.type in (cli_args.existing_dir,) else "x")
+        values.append(str(tmp_path) if action.type in (cli_args.existing_dir,) else
+                      action.choices[0] if action.choices else "x")
     return values
 
 

@@ -13,7 +13,7 @@ import sys
 from tritonfleet.builder.cli.args import CommandParser
 from tritonfleet.clients.errors import TritonfleetError
 
-SUBCOMMANDS = ("build", "serve", "bench", "report", "verify", "rollback", "demo")
+SUBCOMMANDS = ("build", "serve", "bench", "report", "verify", "rollback", "deploy", "demo")
 
 
 def make_parser() -> CommandParser:
@@ -39,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except TritonfleetError as exc:
-        err_console().print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        from rich.markup import escape
+
+        # escaped: a message may hold brackets (pvc://CLAIM[/PATH]) that rich would read as markup
+        err_console().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console().print("interrupted")

@@ -50,6 +50,7 @@ def bounded(kind: type, minimum: float, inclusive: bool = True) -> Callable[[str
 
 
 positive_int = bounded(int, 1)
+non_negative_int = bounded(int, 0)
 positive_float = bounded(float, 0, inclusive=False)
 non_negative_float = bounded(float, 0)
 
@@ -58,6 +59,14 @@ def port(text: str) -> int:
     value = _number(int, text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port in 0..65535 (0: a free one), got '{text}'")
+    return value
+
+
+def percent(text: str) -> int:
+    """An integer share in 0..100."""
+    value = _number(int, text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be a percentage in 0..100, got '{text}'")
     return value
 
 

@@ -1,0 +1,1 @@
+"""Work on built repositories: deploy them (Kubernetes, KServe), promote, distil."""
