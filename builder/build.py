@@ -263,7 +263,7 @@ class Export(BuildStep[BuildState]):
         sample = state.inputs_for(m, "parity")
         path = ExportOnnx(model, [x[: max(2, min(len(x), 8))] for x in sample], m.inputs, m.outputs,
                           state.work / m.name / "fp32" / ONNX_FILE, opset=state.spec.opset, name=m.name,
-                          keep_debug_info=state.spec.export.keep_debug_info)()
+                          keep_debug_info=state.spec.export.keep_debug_info, exporter=state.spec.export.exporter)()
         record = state.check(m, "fp32", path, "onnxruntime-cpu")
         failpoint("after-export")
         return Built(Artifact(m.name, "fp32", ArtifactFormat.ONNX, path, [record], state.keys.key(m, "fp32")))

@@ -17,6 +17,10 @@ class ExportOptions(_Strict):
     # torch writes per-node stack traces (with the build machine's file paths), FX node dumps
     # and class names into the ONNX; they are removed unless kept for debugging an export
     keep_debug_info: bool = False
+    # auto: the dynamo exporter (torch.export) for nn.Module and ExportedProgram sources, the
+    # TorchScript exporter for torchscript sources; torchscript: trace nn.Module sources instead
+    # (the other exporter, when torch.export cannot capture a model)
+    exporter: Literal["auto", "dynamo", "torchscript"] = "auto"
 
 
 # --------------------------------------------------------------------------- serving
