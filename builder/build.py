@@ -25,14 +25,14 @@ variants (for fitting, so fitted parameters match what Triton will compute).
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tritonfleet.builder.errors import ConversionError, RepositoryError, SpecError
+from tritonfleet.builder.errors import ConversionError, RepositoryError, SpecError, ValidationError
 from tritonfleet.builder.failpoints import failpoint
 from tritonfleet.builder.repository.config import TensorConfig
 from tritonfleet.builder.repository.ensemble import check_ensemble
@@ -48,6 +48,7 @@ from tritonfleet.builder.repository.plan import (
 from tritonfleet.builder.repository.records import (
     Artifact,
     fusion_files,
+    guard_files,
     member_files,
     pipeline_files,
     pipeline_record,
@@ -57,13 +58,13 @@ from tritonfleet.builder.repository.reuse import ArtifactKeys, reusable_record
 from tritonfleet.builder.repository.writer import RepositoryWriter
 from tritonfleet.builder.runtime.ops import to_probabilities
 from tritonfleet.builder.spec import MemberSpec, PipelineSpec
-from tritonfleet.builder.spec.splits import SPLITS, Split, load_split, parity_inputs
+from tritonfleet.builder.spec.splits import SPLITS, Probe, Split, load_split, parity_probes
 from tritonfleet.builder.stages.fit import fit_stacking, fit_weights
 from tritonfleet.builder.stages.load_torch import LoadTorchModel
 from tritonfleet.builder.stages.onnx2fp16 import ConvertToFp16
 from tritonfleet.builder.stages.onnx2int8 import QuantizeInt8
 from tritonfleet.builder.stages.onnx2trt import INSTALL_HINT, BuildEngine, engine_record, run_engine, tensorrt_version
-from tritonfleet.builder.stages.parity import ParityRecord, compare_outputs, run_onnx, run_torch
+from tritonfleet.builder.stages.parity import ParityRecord, compare_outputs, merge_records, run_onnx, run_torch
 from tritonfleet.builder.stages.torch2onnx import ExportOnnx
 from tritonfleet.builder.stages.variants import (
     Selection,
@@ -101,8 +102,7 @@ class BuildState:
     target: str
     work: Path                                   # scratch folder inside the staging folder
     splits: dict[str, Split | None]
-    sample: tuple[np.ndarray, ...]               # parity samples (pipeline inputs)
-    sample_source: str
+    probes: list[Probe]                          # parity samples (pipeline inputs), per size of the dynamic axes
     external: dict[str, ExternalModel]
     keys: ArtifactKeys
     members: dict[str, MemberBuild] = field(default_factory=dict)
@@ -117,9 +117,13 @@ class BuildState:
             self._torch[m.name] = LoadTorchModel(m.model, self.members[m.name].where)()
         return self._torch[m.name]
 
+    @property
+    def sample_source(self) -> str:
+        return self.probes[0].source
+
     # ---- data of chained members
     def datasets(self) -> dict[str, tuple[np.ndarray, ...]]:
-        return {"parity": self.sample, **{n: s.inputs for n, s in self.splits.items() if s is not None}}
+        return {**{p.key: p.inputs for p in self.probes}, **{n: s.inputs for n, s in self.splits.items() if s is not None}}
 
     def inputs_for(self, m: MemberSpec, dataset: str, engine: str = "torch") -> tuple[np.ndarray, ...]:
         """``m``'s input arrays on a dataset: the pipeline inputs, or for a chained member its
@@ -150,16 +154,39 @@ class BuildState:
         return len(first.shape) == 1 and first.dtype in ("float32", "float16", "float64") and m.name not in consumed
 
     def check(self, m: MemberSpec, precision: str, path: Path, runtime: str,
-              actual: Mapping[str, np.ndarray] | None = None) -> ParityRecord:
-        """Parity of an artifact against the member's PyTorch outputs (raises on failure)."""
+              run: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None) -> ParityRecord:
+        """Parity of an artifact against the member's PyTorch outputs at every size of the dynamic
+        axes the probes hold (raises on failure, naming the size)."""
         tol = self.spec.parity.for_precision(precision)
-        if actual is None:
-            actual = run_onnx(path, {t.name: x for t, x in zip(m.inputs, self.inputs_for(m, "parity"))})
-        return compare_outputs(
-            self.outputs_for(m, "parity"), actual, atol=tol.atol, rtol=tol.rtol,
-            min_top1_agreement=tol.min_top1_agreement, artifact=f"{m.name}/{path.name}",
-            precision=precision, runtime=runtime, inputs=self.sample_source,
-        )
+        run = run or (lambda feeds: run_onnx(path, feeds))
+        parts = []
+        for probe in self.probes:
+            feeds = {t.name: x for t, x in zip(m.inputs, self.inputs_for(m, probe.key))}
+            where = f" at {probe.point.describe()}" if len(self.probes) > 1 else ""
+            record = compare_outputs(
+                self._reference(m, probe), run(feeds), atol=tol.atol, rtol=tol.rtol,
+                min_top1_agreement=tol.min_top1_agreement, artifact=f"{m.name}/{path.name}{where}",
+                precision=precision, runtime=runtime, inputs=probe.source,
+            )
+            info = {"point": probe.point.label, "sizes": probe.point.to_json(), "source": probe.source}
+            parts.append((info if probe.point.sizes else {}, replace(record, artifact=f"{m.name}/{path.name}")))
+        return merge_records(parts)
+
+    def _reference(self, m: MemberSpec, probe: Probe) -> dict[str, np.ndarray]:
+        try:
+            return self.outputs_for(m, probe.key)
+        except ValidationError:
+            raise
+        except Exception as exc:
+            if probe.key == "parity":
+                raise
+            text = str(exc).strip().splitlines()
+            raise ValidationError(
+                f"{m.name}: the PyTorch model itself fails on inputs of sizes {probe.point.describe()} "
+                f"({type(exc).__name__}: {text[0][:200] if text else ''}); declare the sizes it takes in the spec: "
+                "dynamic: {axis: {min, max, multiple_of}} on the inputs (or the sizes to try: sizes: [...])",
+                kind="shape",
+            ) from None
 
 
 # --------------------------------------------------------------------------- what steps make
@@ -347,8 +374,7 @@ class Engine(BuildStep[BuildState]):
         trt = state.spec.tensorrt
         path = BuildEngine(source.path, state.work / m.name / f"trt_{precision}" / PLAN_FILE, profile,
                            trt.workspace_mb << 20, trt.timing_cache, name=m.name)()
-        actual = run_engine(path, {t.name: x for t, x in zip(m.inputs, state.inputs_for(m, "parity"))}, profile.max)
-        record = state.check(m, precision, path, "tensorrt", actual=actual)
+        record = state.check(m, precision, path, "tensorrt", run=lambda feeds: run_engine(path, feeds, profile.max))
         return Built(Artifact(m.name, precision, ArtifactFormat.PLAN, path, [record], engine=engine_record(profile)))
 
 
@@ -424,7 +450,9 @@ class Write(BuildStep[BuildState]):
         check_graph(plans)
         selections = {n: b.selection for n, b in members.items() if b.selection}
         for plan in plans:
-            if plan.format == ArtifactFormat.FUSION:
+            if plan.format == ArtifactFormat.FUSION and "input_checks" in plan.config.parameters:
+                files, record = guard_files(), {}
+            elif plan.format == ArtifactFormat.FUSION:
                 files, record = fusion_files(state.fitted)
             elif plan.format == ArtifactFormat.ENSEMBLE:
                 files, record = {}, served_record(selections)
@@ -479,11 +507,11 @@ def build(
     external = resolve_external(spec, repo)
     check_graph(plan_pipeline(spec, target, external=external))
     splits = {name: load_split(spec, name) for name in SPLITS}
-    sample, sample_source = parity_inputs(spec)
+    probes = parity_probes(spec)
 
     with RepositoryWriter(repo, spec.name) as writer:
         writer.check_names([p.config.name for p in plan_pipeline(spec, target, external=external)])
-        state = BuildState(spec, target, writer.staging / ".work", splits, sample, sample_source, external,
+        state = BuildState(spec, target, writer.staging / ".work", splits, probes, external,
                            ArtifactKeys(spec, target))
         for where, m in _models(spec):
             state.members[m.name] = MemberBuild(m, where)

@@ -57,7 +57,14 @@ def member_files(plan: ModelPlan, artifact: Artifact, stats: VariantStats | None
         record["calibration"] = artifact.calibration
     if target == "local":
         files["model.py"] = runtime.ONNX_RUNNER
+        if "input_checks" in plan.config.parameters:
+            files[runtime.INPUT_CHECKS.name] = runtime.INPUT_CHECKS
     return files, record
+
+
+def guard_files() -> dict[str, Path]:
+    """Files of an ensemble's input guard: its model.py and the checks it runs."""
+    return {"model.py": runtime.GUARD_MODEL, runtime.INPUT_CHECKS.name: runtime.INPUT_CHECKS}
 
 
 def fusion_files(fitted: Mapping[str, Any]) -> tuple[dict[str, Path | bytes], dict[str, Any]]:
