@@ -44,6 +44,7 @@ from tritonfleet.builder.repository.plan import (
     ExternalModel,
     ModelPlan,
     plan_pipeline,
+    variant_name,
 )
 from tritonfleet.builder.repository.records import (
     Artifact,
@@ -311,9 +312,12 @@ class LowerPrecision(BuildStep[BuildState]):
         m, precision = self.member, self.precision
         source = state.members[m.name].onnx["fp32"].path
         target = state.work / m.name / precision / ONNX_FILE
-        calibration = None
+        calibration = conversion = None
         if precision == "fp16":
-            path = ConvertToFp16(source, target, name=m.name)()
+            convert = ConvertToFp16(source, target, name=m.name)
+            path = convert()
+            if convert.kept_fp32:
+                conversion = {"kept_fp32": convert.kept_fp32}
         else:
             options = state.spec.precision.calibration
             quantize = QuantizeInt8(source, target, state.inputs_for(m, "calibration"), [t.name for t in m.inputs],
@@ -322,7 +326,7 @@ class LowerPrecision(BuildStep[BuildState]):
             calibration = {**options.model_dump(), "samples_used": quantize.samples_used, "split": "data.calibration"}
         record = state.check(m, precision, path, "onnxruntime-cpu")
         return Built(Artifact(m.name, precision, ArtifactFormat.ONNX, path, [record], state.keys.key(m, precision),
-                              calibration))
+                              calibration, conversion=conversion))
 
 
 @dataclass
@@ -468,6 +472,25 @@ class Write(BuildStep[BuildState]):
 
 
 # --------------------------------------------------------------------------- build
+@dataclass(frozen=True)
+class FailedVariant:
+    """A requested precision variant (ONNX or TensorRT engine) that could not be built."""
+
+    member: str
+    precision: str
+    model: str        # the model name it would have had
+    reason: str
+    optional: bool    # listed in precision.optional
+    format: str = "onnx"
+
+    def summary(self) -> str:
+        """One line: which variant and why (the last line of the step's message)."""
+        lines = [ln.strip() for ln in self.reason.splitlines() if ln.strip()]
+        why = lines[0] if lines and not lines[0].startswith("Traceback") else (lines[-1] if lines else "unknown")
+        kind = "TensorRT engine" if self.format == "engine" else "variant"
+        return f"{self.precision} {kind} of '{self.member}' ({self.model}) not built: {why}"
+
+
 @dataclass
 class BuildResult:
     repository: Path
@@ -482,6 +505,12 @@ class BuildResult:
     removed: list[str] = field(default_factory=list)
     actions: dict[str, tuple[str, int]] = field(default_factory=dict)  # model -> (new|unchanged|config|version, n)
     recovered: str | None = None  # what happened to a commit a crash had interrupted
+    failed_variants: list[FailedVariant] = field(default_factory=list)
+
+    @property
+    def missing_required(self) -> list[FailedVariant]:
+        """Requested variants that could not be built and are not ``precision.optional``."""
+        return [f for f in self.failed_variants if not f.optional]
 
     @property
     def problems(self) -> list[StepResult]:
@@ -516,8 +545,8 @@ def build(
         for where, m in _models(spec):
             state.members[m.name] = MemberBuild(m, where)
         try:
-            results = run_steps(plan_steps(state, read_manifest_dict(repo), writer), state, progress=progress,
-                                title=f"build {spec.name} ({target})")
+            steps = plan_steps(state, read_manifest_dict(repo), writer)
+            results = run_steps(steps, state, progress=progress, title=f"build {spec.name} ({target})")
             failpoint("after-steps")
             shutil.rmtree(state.work, ignore_errors=True)
             selections = {n: b.selection for n, b in state.members.items() if b.selection}
@@ -530,10 +559,15 @@ def build(
                 "and build again."
             ) from None
     members = state.members
+    failed = [FailedVariant(step.member.name, step.precision, variant_name(step.member, step.precision),
+                            result.message.strip(), step.precision in spec.precision.optional,
+                            "engine" if isinstance(step, Engine) else "onnx")
+              for step, result in zip(steps, results)
+              if isinstance(step, (LowerPrecision, Engine)) and result.status is Status.FAIL]
     return BuildResult(repo, spec.name, target, state.plans,
                        {n: b.parity for n, b in members.items()}, {n: b.stats for n, b in members.items()},
                        {n: b.selection for n, b in members.items() if b.selection}, state.fitted, results, removed,
-                       writer.actions, recovered)
+                       writer.actions, recovered, failed)
 
 
 def plan_steps(state: BuildState, manifest: dict[str, Any], writer: RepositoryWriter) -> list[BuildStep]:

@@ -40,6 +40,7 @@ class Artifact:
     calibration: dict[str, Any] | None = None
     engine: dict[str, Any] | None = None
     reused: bool = False
+    conversion: dict[str, Any] | None = None  # how a lower precision was made, e.g. {"kept_fp32": ["Loop"]}
 
 
 def member_files(plan: ModelPlan, artifact: Artifact, stats: VariantStats | None,
@@ -55,6 +56,8 @@ def member_files(plan: ModelPlan, artifact: Artifact, stats: VariantStats | None
     record["variant"] = stats.to_dict() if stats else None
     if artifact.calibration is not None:
         record["calibration"] = artifact.calibration
+    if artifact.conversion is not None:
+        record["conversion"] = artifact.conversion
     if target == "local":
         files["model.py"] = runtime.ONNX_RUNNER
         if "input_checks" in plan.config.parameters:

@@ -106,6 +106,9 @@ class PrecisionSpec(_Strict):
     min_speedup: float = Field(default=1.05, ge=1.0)  # auto: a lower precision must be this much faster
     benchmark_batch_size: int = Field(default=16, ge=1, le=MAX_BATCH_LIMIT)
     calibration: Calibration = Field(default_factory=Calibration)
+    # variants that may fail to build (conversion or parity) without failing the command; any other
+    # requested variant that fails makes `tritonfleet build` exit 3 (the repository still holds the rest)
+    optional: list[Precision] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> PrecisionSpec:
