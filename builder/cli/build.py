@@ -67,12 +67,13 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         console().print(f"[bold red]error:[/] {len(missing)} requested variant(s) not built (exit code "
                         f"{MISSING_VARIANT_EXIT}); the repository holds the others. Fix the cause, drop the variant, "
-                        "or mark its precision optional (precision.optional: [fp16])")
+                        "or mark its precision optional (precision.optional: \\[fp16])")
         return MISSING_VARIANT_EXIT
     return 0
 
 
 def print_build(result) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from tritonfleet.clients.evaluation.accuracy import drop_points
@@ -114,7 +115,7 @@ def print_build(result) -> None:
     failed = {(f.member, f.precision, f.format) for f in result.failed_variants}
     for f in result.failed_variants:
         label = "[yellow]optional[/]" if f.optional else "[bold red]missing[/]"
-        out.print(f"{label} {f.summary()}", soft_wrap=True)
+        out.print(f"{label} {escape(f.summary())}", soft_wrap=True)
     for step in result.problems:
         if step.status.value == "fail" and any(step.name in (f"{p} {m}", f"engine {m} {p}") for m, p, _ in failed):
             continue

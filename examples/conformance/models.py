@@ -83,29 +83,29 @@ class BertClassifier(nn.Module):
                          return_dict=False)[0]
 
 
-class GRUClassifier(nn.Module):
-    """Token ids [B, T] -> embedding -> GRU -> last step -> classes; any length T."""
+class TextGRU(nn.Module):
+    """Token ids [B, T] -> embedding -> GRU -> last step, with feats [B, 8] -> classes; any length T.
+    A second architecture on the same (ids, feats) inputs as :class:`TextTabular`."""
 
-    def __init__(self, vocab: int = 500, dim: int = 16, hidden: int = 24, classes: int = 5, feats: int = 0):
+    def __init__(self, vocab: int = 500, dim: int = 16, hidden: int = 24, feats: int = 8, classes: int = 5):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.gru = nn.GRU(dim, hidden, batch_first=True)
         self.head = nn.Linear(hidden + feats, classes)
-        self.feats = feats
 
-    def forward(self, ids: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         out, _ = self.gru(self.embed(ids))
-        last = out[:, -1]
-        return self.head(torch.cat([last, *rest], dim=1) if self.feats else last)
+        return self.head(torch.cat([out[:, -1], feats], dim=1))
 
 
 class LSTMTagger(nn.Module):
-    """Float frames [B, T, 12] -> bidirectional LSTM -> mean over time -> classes."""
+    """Float frames [B, T, 12] -> two-layer LSTM -> mean over time -> classes (saved as TorchScript:
+    torch.export.export specializes the length of an LSTM)."""
 
     def __init__(self, features: int = 12, hidden: int = 16, classes: int = 4):
         super().__init__()
-        self.lstm = nn.LSTM(features, hidden, batch_first=True, bidirectional=True)
-        self.head = nn.Linear(2 * hidden, classes)
+        self.lstm = nn.LSTM(features, hidden, num_layers=2, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(frames)
@@ -199,10 +199,3 @@ class TextTabular(nn.Module):
 
     def forward(self, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([self.bag(ids), feats], dim=1))
-
-
-class TextGRU(GRUClassifier):
-    """A second architecture on the same (ids, feats) inputs as :class:`TextTabular`."""
-
-    def __init__(self, vocab: int = 500, dim: int = 16, hidden: int = 24, classes: int = 5):
-        super().__init__(vocab, dim, hidden, classes, feats=8)
