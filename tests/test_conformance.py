@@ -79,14 +79,14 @@ def test_sizes_cover_min_data_and_larger_and_keep_tied_axes_equal():
                                                                 3: {"min": 8, "max": 96, "multiple_of": 4}})
     points = size_points([unet], (np.zeros((1, 3, 24, 40), np.float32),))
     assert [p.to_json() for p in points] == [{"image[2]": 24, "image[3]": 40}, {"image[2]": 8, "image[3]": 8},
-                                             {"image[2]": 48, "image[3]": 80}]
+                                             {"image[2]": 96, "image[3]": 96}]  # max: within 8x the data
 
 
 def test_synthetic_inputs_are_well_formed():
     points = size_points(TEXT)  # no data: the default size, then min and larger
-    assert [p.to_json() for p in points] == [{"ids[1]": 8}, {"ids[1]": 1}, {"ids[1]": 64}]
+    assert [p.to_json() for p in points] == [{"ids[1]": 8}, {"ids[1]": 1}, {"ids[1]": 16}]
     ids, feats = synthetic_inputs(TEXT, points[2], 50)
-    assert ids.shape == (50, 64) and ids.dtype == np.int64 and ids.min() >= 0 and ids.max() <= 499 and ids.max() > 400
+    assert ids.shape == (50, 16) and ids.dtype == np.int64 and ids.min() >= 0 and ids.max() <= 499 and ids.max() > 400
     assert feats.shape == (50, 8) and feats.dtype == np.float32 and np.isfinite(feats).all()
 
 
@@ -229,8 +229,8 @@ def test_conformance_fast_part_through_the_real_server(tmp_path):
         assert row["precisions"]["fp32"]["passed"] and row["precisions"]["fp32"]["max_abs_error"] < 1e-4
         assert all(p["built"] and p["passed"] for p in row["precisions"].values()), (name, row["precisions"])
     assert rows["text_ensemble"]["sizes"] == ["ids[1]=17", "ids[1]=1", "ids[1]=128"]
-    assert rows["unet"]["sizes"] == ["image[2]=24, image[3]=40", "image[2]=8, image[3]=8", "image[2]=48, image[3]=80"]
-    assert rows["tcn"]["sizes"] == ["wave[2]=400", "wave[2]=16", "wave[2]=3200"]
+    assert rows["unet"]["sizes"] == ["image[2]=24, image[3]=40", "image[2]=8, image[3]=8", "image[2]=96, image[3]=96"]
+    assert rows["tcn"]["sizes"] == ["wave[2]=400", "wave[2]=16", "wave[2]=800"]  # max 4000 is > 8x: twice the data
     # the manifest records the sizes parity tried
     manifest = json.loads((tmp_path / "work" / "model_repository" / "manifest.json").read_text())
     (parity,) = manifest["models"]["conf_text_bag_fp16"]["parity"]
