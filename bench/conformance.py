@@ -110,7 +110,7 @@ def check_case(case, spec, result, client) -> dict:
             tol = spec.parity.for_precision(precision)
             worst, top1, ok = 0.0, [], True
             for probe, ref in zip(probes, refs):
-                got = client.infer(variant_name(m, precision), dict(zip([t.name for t in m.inputs], probe.inputs)))
+                got = client.infer_batched(variant_name(m, precision), dict(zip([t.name for t in m.inputs], probe.inputs)))
                 atol = None if tol.atol is None else (FP32_ATOL if precision == "fp32" else tol.atol) * \
                     max(1.0, max(float(np.abs(v).max()) for v in ref.values()))
                 rec = compare_outputs(ref, {n: got[n] for n in names}, atol=atol, rtol=0.0 if precision == "fp32"
@@ -146,7 +146,7 @@ def check_pipeline(spec, probes, client, problems: list[str]) -> bool:
     ok = True
     for probe in probes:
         feeds = dict(zip([t.name for t in spec.inputs], probe.inputs))
-        got = client.infer(spec.name, feeds)
+        got = client.infer_batched(spec.name, feeds)
         outs = [run_torch(load_torch_model(m.model), probe.inputs, [t.name for t in m.outputs]) for m in spec.members]
         if spec.fusion.type == "none":
             expected = outs[-1]

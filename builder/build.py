@@ -179,9 +179,12 @@ class BuildState:
         except ValidationError:
             raise
         except Exception as exc:
-            if probe.key == "parity":
-                raise
             text = str(exc).strip().splitlines()
+            if probe.key == "parity":
+                raise ConversionError(
+                    f"{self.members[m.name].where}: the PyTorch model fails on the parity samples "
+                    f"({probe.source}): {type(exc).__name__}: {text[-1][:300] if text else ''}; check that forward() "
+                    "takes the spec's inputs in order, with the spec's dtypes and shapes") from None
             raise ValidationError(
                 f"{m.name}: the PyTorch model itself fails on inputs of sizes {probe.point.describe()} "
                 f"({type(exc).__name__}: {text[0][:200] if text else ''}); declare the sizes it takes in the spec: "

@@ -160,7 +160,9 @@ def run_torch(model: Any, inputs: Sequence[np.ndarray], output_names: Sequence[s
 
     module = model.module() if isinstance(model, torch.export.ExportedProgram) else model
     chunks: list[tuple[np.ndarray, ...]] = []
-    with torch.inference_mode():
+    # no_grad, not inference_mode: a TorchScript module run under inference_mode fails inside
+    # recurrent ops ("Inference tensors cannot be saved for backward")
+    with torch.no_grad():
         for start in range(0, len(inputs[0]), batch_size):
             args = [torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])) for x in inputs]
             chunks.append(tuple(o.detach().cpu().numpy() for o in flatten_outputs(module(*args), output_names)))

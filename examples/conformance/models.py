@@ -7,6 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def confident(head: nn.Linear, std: float = 1.0) -> nn.Linear:
+    """Re-initialise a classifier head with larger weights, so classes are as well separated as in a
+    trained model: with default initialisation, seeded random logits are nearly tied and any
+    rounding (int8) flips argmaxes that no trained model would have this close."""
+    nn.init.normal_(head.weight, std=std)
+    return head
+
+
 class ResNetTiny(nn.Module):
     """ResNet-style: conv stem, two residual blocks with BatchNorm, global pooling; any H x W."""
 
@@ -91,7 +99,7 @@ class TextGRU(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.gru = nn.GRU(dim, hidden, batch_first=True)
-        self.head = nn.Linear(hidden + feats, classes)
+        self.head = confident(nn.Linear(hidden + feats, classes))
 
     def forward(self, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         out, _ = self.gru(self.embed(ids))
@@ -155,7 +163,7 @@ class ScoresAndLabel(nn.Module):
 
     def __init__(self, features: int = 10, classes: int = 4):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(features, 32), nn.ReLU(), nn.Linear(32, classes))
+        self.net = nn.Sequential(nn.Linear(features, 32), nn.ReLU(), confident(nn.Linear(32, classes)))
 
     def forward(self, x: torch.Tensor):
         scores = torch.softmax(self.net(x), dim=1)
@@ -168,7 +176,7 @@ class DictHeads(nn.Module):
     def __init__(self, features: int = 10, classes: int = 4, dim: int = 6):
         super().__init__()
         self.body = nn.Sequential(nn.Linear(features, 24), nn.Tanh())
-        self.logits = nn.Linear(24, classes)
+        self.logits = confident(nn.Linear(24, classes))
         self.embed = nn.Linear(24, dim)
 
     def forward(self, x: torch.Tensor):
@@ -183,7 +191,7 @@ class TabularNet(nn.Module):
         super().__init__()
         self.region = nn.Embedding(cardinality, dim)
         self.product = nn.Embedding(cardinality, dim)
-        self.mlp = nn.Sequential(nn.Linear(2 * dim + numeric, 32), nn.ReLU(), nn.Linear(32, classes))
+        self.mlp = nn.Sequential(nn.Linear(2 * dim + numeric, 32), nn.ReLU(), confident(nn.Linear(32, classes)))
 
     def forward(self, region: torch.Tensor, product: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
         return self.mlp(torch.cat([self.region(region[:, 0]), self.product(product[:, 0]), numeric], dim=1))
@@ -195,7 +203,7 @@ class TextTabular(nn.Module):
     def __init__(self, vocab: int = 500, dim: int = 16, feats: int = 8, classes: int = 5):
         super().__init__()
         self.bag = nn.EmbeddingBag(vocab, dim, mode="mean")
-        self.head = nn.Sequential(nn.Linear(dim + feats, 32), nn.ReLU(), nn.Linear(32, classes))
+        self.head = nn.Sequential(nn.Linear(dim + feats, 32), nn.ReLU(), confident(nn.Linear(32, classes)))
 
     def forward(self, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([self.bag(ids), feats], dim=1))
