@@ -141,7 +141,9 @@ class BatchProfile:
             opt = max(fitting) if fitting else max_batch_size
         return cls(1, min(opt, max_batch_size), max_batch_size)
 
-    def shapes(self, per_sample: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    def shapes(self, per_sample: tuple[int, ...], name: str | None = None) -> tuple[tuple[int, ...], ...]:
+        """min/opt/max shapes of an input (``name`` is for :class:`~.axes.EngineProfile`, which also
+        bounds the input's dynamic axes; here they are 1)."""
         dims = tuple(1 if d == -1 else d for d in per_sample)
         return tuple((b, *dims) for b in (self.min, self.opt, self.max))
 
