@@ -83,7 +83,10 @@ def run(names: list[str], workdir: Path) -> tuple[list[dict], list[dict]]:
         repo = next(iter(built.values()))[1].repository
         with TritonServer(repo, log_path=workdir / "tritonserver.log") as server, server.client("grpc") as client:
             for name, (spec, result) in built.items():
-                rows[name] = check_case(CASES[name], spec, result, client)
+                try:
+                    rows[name] = check_case(CASES[name], spec, result, client)
+                except Exception as exc:  # report the case, go on with the others
+                    rows[name] = _row(CASES[name], spec, None, status="fail", reason=f"served check: {_line(exc)}")
             for name, (spec, _) in built.items():
                 bad += bad_requests(CASES[name], spec, client)
     return [rows[n] for n in names], bad
@@ -104,8 +107,9 @@ def check_case(case, spec, result, client) -> dict:
         names = [t.name for t in m.outputs]
         refs = [run_torch(model, p.inputs, names) for p in probes]
         for precision in spec.precisions_of(m):
+            entry = precisions.setdefault(precision, {"built": True, "max_abs_error": 0.0, "top1": None, "passed": True})
             if variant_name(m, precision) not in {p.config.name for p in result.models}:
-                precisions.setdefault(precision, {"built": False})
+                entry["built"] = False
                 continue
             tol = spec.parity.for_precision(precision)
             worst, top1, ok = 0.0, [], True
@@ -123,7 +127,6 @@ def check_case(case, spec, result, client) -> dict:
                     ok = False
                     problems.append(f"{variant_name(m, precision)} at {probe.point.describe()}: max abs error "
                                     f"{rec.max_abs_error:.3g}, top-1 {rec.top1_agreement}")
-            entry = precisions.setdefault(precision, {"built": True, "max_abs_error": 0.0, "top1": None, "passed": True})
             entry["max_abs_error"] = max(entry["max_abs_error"], worst)
             entry["top1"] = min([*top1, *([entry["top1"]] if entry["top1"] is not None else [])], default=None)
             entry["passed"] = entry["passed"] and ok

@@ -59,6 +59,7 @@ from tritonfleet.builder.repository.reuse import ArtifactKeys, reusable_record
 from tritonfleet.builder.repository.writer import RepositoryWriter
 from tritonfleet.builder.runtime.ops import to_probabilities
 from tritonfleet.builder.spec import MemberSpec, PipelineSpec
+from tritonfleet.builder.spec.sizes import resize_inputs
 from tritonfleet.builder.spec.splits import SPLITS, Probe, Split, load_split, parity_probes
 from tritonfleet.builder.stages.fit import fit_stacking, fit_weights
 from tritonfleet.builder.stages.load_torch import LoadTorchModel
@@ -323,10 +324,14 @@ class LowerPrecision(BuildStep[BuildState]):
                 conversion = {"kept_fp32": convert.kept_fp32}
         else:
             options = state.spec.precision.calibration
-            quantize = QuantizeInt8(source, target, state.inputs_for(m, "calibration"), [t.name for t in m.inputs],
-                                    options, name=m.name)
+            samples = state.inputs_for(m, "calibration")
+            sizes = [] if state.spec.sources_of(m) else [  # the calibration samples at every size parity tries
+                resize_inputs(m.inputs, samples, p.point, options.samples) for p in state.probes[1:]]
+            quantize = QuantizeInt8(source, target, samples, [t.name for t in m.inputs], options, name=m.name,
+                                    other_sizes=sizes)
             path = quantize()
-            calibration = {**options.model_dump(), "samples_used": quantize.samples_used, "split": "data.calibration"}
+            calibration = {**options.model_dump(), "samples_used": quantize.samples_used, "split": "data.calibration",
+                           "sizes": [p.point.to_json() for p in state.probes] if quantize.other_sizes else None}
         record = state.check(m, precision, path, "onnxruntime-cpu")
         return Built(Artifact(m.name, precision, ArtifactFormat.ONNX, path, [record], state.keys.key(m, precision),
                               calibration, conversion=conversion))
