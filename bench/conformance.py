@@ -182,6 +182,11 @@ def bad_requests(case, spec, client) -> list[dict]:
             x = good[t.name].copy()
             x.flat[0] = np.nan
             tries.append((f"NaN in {t.name}", t.name, {**good, t.name: x}))
+        fixed = [i + 1 for i, d in enumerate(t.shape) if d != -1]
+        if fixed and t is spec.inputs[-1]:  # a fixed axis of the wrong size: Triton's own shape check
+            axis = fixed[-1]
+            tries.append((f"{t.name} axis {axis} = {t.shape[axis - 1] + 1} (fixed {t.shape[axis - 1]})", t.name,
+                          {**good, t.name: _resize(good[t.name], axis, t.shape[axis - 1] + 1)}))
         for axis, a in t.dynamic_axes().items():
             if a.max is not None:
                 size = a.max + a.multiple_of

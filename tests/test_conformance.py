@@ -239,7 +239,7 @@ def test_conformance_fast_part_through_the_real_server(tmp_path):
     # bad requests: one clear error naming the input, to the member and through the ensemble (its guard)
     bad = raw["bad_requests"]
     assert {b["request"] for b in bad if b["case"] == "text_ensemble"} == {
-        "ids below its range", "NaN in feats", "ids axis 1 = 129 > max 128"}
+        "ids below its range", "NaN in feats", "ids axis 1 = 129 > max 128", "feats axis 1 = 9 (fixed 8)"}
     for b in bad:
         assert b["clear"] and b["healthy_after"], b
     assert proc.returncode == 0, proc.stdout[-3000:]
