@@ -165,8 +165,18 @@ class BuildState:
         for probe in self.probes:
             feeds = {t.name: x for t, x in zip(m.inputs, self.inputs_for(m, probe.key))}
             where = f" at {probe.point.describe()}" if len(self.probes) > 1 else ""
+            reference = self._reference(m, probe)
+            try:
+                actual = run(feeds)
+            except Exception as exc:
+                text = " ".join(str(exc).split())[:300]
+                raise ValidationError(
+                    f"{m.name}/{path.name} ({precision}, {runtime}) fails on inputs{where or ' of the data'} where "
+                    f"PyTorch works: {type(exc).__name__}: {text}; if a size is fixed in the artifact, see the export "
+                    "(dynamic axes of the spec's inputs) or bound the axis: dynamic: {axis: {min, max, multiple_of}}",
+                    kind="shape") from None
             record = compare_outputs(
-                self._reference(m, probe), run(feeds), atol=tol.atol, rtol=tol.rtol,
+                reference, actual, atol=tol.atol, rtol=tol.rtol,
                 min_top1_agreement=tol.min_top1_agreement, artifact=f"{m.name}/{path.name}{where}",
                 precision=precision, runtime=runtime, inputs=probe.source,
             )

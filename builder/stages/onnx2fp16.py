@@ -54,6 +54,8 @@ class ConvertToFp16(Loader[Path]):
             _loads(model)
         except OSError:  # disk full, permissions: the build reports it
             raise
+        except OnnxRuntimeCrash as exc:
+            raise ConversionError(f"{self.name}: fp16 conversion failed: {exc}; {HINT}") from None
         except Exception as exc:
             flow = [n for n in original.graph.node if n.op_type in CONTROL_FLOW]
             if not flow:
@@ -80,13 +82,35 @@ def convert_to_fp16(onnx_path: Any, path: Path, name: str = "model") -> Path:
     return ConvertToFp16(onnx_path, path, name)()
 
 
-def _loads(model) -> None:
-    """onnxruntime's type inference (subgraphs included) accepts the model."""
-    import onnxruntime as ort
+LOAD_CHECK = ("import sys, onnxruntime as ort\n"
+              "o = ort.SessionOptions(); o.log_severity_level = 3\n"
+              "ort.InferenceSession(sys.argv[1], o, providers=['CPUExecutionProvider'])\n")
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+class OnnxRuntimeCrash(RuntimeError):
+    """onnxruntime died (a signal) loading a converted model: never retried, never in-process."""
+
+
+def _loads(model) -> None:
+    """onnxruntime's type inference (subgraphs included) accepts the model. Checked in a child
+    process: onnxruntime 1.2x segfaults loading some fp16 graphs (seen: a ViT's attention blocks),
+    which must fail this variant, not kill the build."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tritonfleet-fp16-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(model.SerializeToString())
+        proc = subprocess.run([sys.executable, "-c", LOAD_CHECK, str(path)], capture_output=True, text=True,
+                              timeout=600)
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        raise OnnxRuntimeCrash(f"onnxruntime crashed ({name}) loading the fp16 model")
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise RuntimeError(lines[-1] if lines else f"onnxruntime could not load the fp16 model (exit {proc.returncode})")
 
 
 def _one_line(exc: BaseException) -> str:

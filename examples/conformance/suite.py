@@ -89,7 +89,9 @@ CASES: dict[str, Case] = {c.name: c for c in [
          [Member("conf_mobilenet", "MobileNetTiny", IMAGE_HW, _logits(5))], _images(32, 32)),
     Case("vit", "small ViT (patch embedding + attention)",
          [Member("conf_vit", "ViTTiny", [{"name": "image", "dtype": "float32", "shape": [3, 32, 32]}], _logits(5))],
-         _images(32, 32)),
+         _images(32, 32), optional=("fp16", "int8"),
+         notes="found here: onnxruntime segfaults loading the fp16 graph (checked in a child process, reported); "
+               "int8 Q/DQ of the attention blocks loses the class (top-1 agreement ~0.2)"),
     Case("bert", "tiny BERT from a transformers config (3 int64 inputs, dynamic T)",
          [Member("conf_bert", "BertClassifier", BERT, _logits(3))], _bert),
     Case("lstm", "two-layer LSTM over frames, variable length (torchscript source)",
