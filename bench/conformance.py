@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tritonfleet-conformance-"))
     started = time.perf_counter()
     rows, bad = run(names, workdir)
-    raw = {"cases": rows, "bad_requests": bad, "seconds": time.perf_counter() - started, "machine": machine()}
+    raw = {"cases": rows, "bad_requests": bad, "seconds": time.perf_counter() - started, "machine": machine(),
+           "in_flight_at_stop": in_flight_at_stop(workdir / "tritonserver.log")}
     text = render(rows, bad)
     print(text)
     if args.json:
@@ -208,6 +209,17 @@ def bad_requests(case, spec, client) -> list[dict]:
                         "clear": clear, "healthy_after": healthy, "seconds": time.perf_counter() - started,
                         "ok": clear and healthy})
     return out
+
+
+def in_flight_at_stop(log: Path) -> int | None:
+    """Inferences tritonserver still counted in flight when it stopped (a member failing inside an
+    ensemble can leave some, issue 12); None without a log."""
+    import re
+
+    if not log.is_file():
+        return None
+    counts = [int(n) for n in re.findall(r"Found (\d+) model versions that have in-flight inferences", log.read_text())]
+    return max(counts, default=0)
 
 
 def _tied(spec, other: str, name: str, axis: int) -> bool:

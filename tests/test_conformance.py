@@ -242,4 +242,5 @@ def test_conformance_fast_part_through_the_real_server(tmp_path):
         "ids below its range", "NaN in feats", "ids axis 1 = 129 > max 128", "feats axis 1 = 9 (fixed 8)"}
     for b in bad:
         assert b["clear"] and b["healthy_after"], b
+    assert raw["in_flight_at_stop"] == 0  # the guard refused them before the fan-out: nothing left in flight
     assert proc.returncode == 0, proc.stdout[-3000:]
