@@ -65,6 +65,26 @@ def test_engine_profile_covers_every_dynamic_axis():
     assert TEXT[0].dynamic_axes()[1].profile == (1, 32, 128)
 
 
+def test_tensorrt_engines_need_a_max_for_every_dynamic_axis(tmp_path):
+    from tritonfleet.builder.errors import SpecError
+    from tritonfleet.builder.spec import load_spec
+    from tritonfleet.examples.conformance.suite import write_suite
+
+    path = write_suite(tmp_path, ["lstm"])["lstm"]
+    raw = yaml.safe_load(path.read_text())
+    raw["members"][0]["inputs"][0]["dynamic"] = {1: {"min": 1}}
+    raw["tensorrt"] = {"engines": True}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert ("'conf_lstm' input 'frames' axis 1 has no dynamic max; TensorRT engines need one: "
+            "dynamic: {1: {min: 1, opt: N, max: N}}") in str(info.value)
+    raw["members"][0]["inputs"][0]["dynamic"] = {1: [1, 20, 200]}
+    path.write_text(yaml.safe_dump(raw))
+    spec = load_spec(path)
+    assert spec.engine_profile(spec.members[0]).shapes((-1, 12), "frames") == ((1, 1, 12), (16, 20, 12), (16, 200, 12))
+
+
 # --------------------------------------------------------------------------- sizes parity tries
 def test_sizes_cover_min_data_and_larger_and_keep_tied_axes_equal():
     bert = [TensorSpec(name=n, dtype="int64", shape=(-1,), dynamic={1: [1, 32, 64]}) for n in ("input_ids", "mask")]
