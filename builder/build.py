@@ -25,14 +25,14 @@ variants (for fitting, so fitted parameters match what Triton will compute).
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tritonfleet.builder.errors import ConversionError, RepositoryError, SpecError
+from tritonfleet.builder.errors import ConversionError, RepositoryError, SpecError, ValidationError
 from tritonfleet.builder.failpoints import failpoint
 from tritonfleet.builder.repository.config import TensorConfig
 from tritonfleet.builder.repository.ensemble import check_ensemble
@@ -44,10 +44,12 @@ from tritonfleet.builder.repository.plan import (
     ExternalModel,
     ModelPlan,
     plan_pipeline,
+    variant_name,
 )
 from tritonfleet.builder.repository.records import (
     Artifact,
     fusion_files,
+    guard_files,
     member_files,
     pipeline_files,
     pipeline_record,
@@ -57,13 +59,14 @@ from tritonfleet.builder.repository.reuse import ArtifactKeys, reusable_record
 from tritonfleet.builder.repository.writer import RepositoryWriter
 from tritonfleet.builder.runtime.ops import to_probabilities
 from tritonfleet.builder.spec import MemberSpec, PipelineSpec
-from tritonfleet.builder.spec.splits import SPLITS, Split, load_split, parity_inputs
+from tritonfleet.builder.spec.sizes import resize_inputs
+from tritonfleet.builder.spec.splits import SPLITS, Probe, Split, load_split, parity_probes
 from tritonfleet.builder.stages.fit import fit_stacking, fit_weights
 from tritonfleet.builder.stages.load_torch import LoadTorchModel
 from tritonfleet.builder.stages.onnx2fp16 import ConvertToFp16
 from tritonfleet.builder.stages.onnx2int8 import QuantizeInt8
 from tritonfleet.builder.stages.onnx2trt import INSTALL_HINT, BuildEngine, engine_record, run_engine, tensorrt_version
-from tritonfleet.builder.stages.parity import ParityRecord, compare_outputs, run_onnx, run_torch
+from tritonfleet.builder.stages.parity import ParityRecord, compare_outputs, merge_records, run_onnx, run_torch
 from tritonfleet.builder.stages.torch2onnx import ExportOnnx
 from tritonfleet.builder.stages.variants import (
     Selection,
@@ -102,8 +105,7 @@ class BuildState:
     target: str
     work: Path                                   # scratch folder inside the staging folder
     splits: dict[str, Split | None]
-    sample: tuple[np.ndarray, ...]               # parity samples (pipeline inputs)
-    sample_source: str
+    probes: list[Probe]                          # parity samples (pipeline inputs), per size of the dynamic axes
     external: dict[str, ExternalModel]
     keys: ArtifactKeys
     members: dict[str, MemberBuild] = field(default_factory=dict)
@@ -118,9 +120,13 @@ class BuildState:
             self._torch[m.name] = LoadTorchModel(m.model, self.members[m.name].where)()
         return self._torch[m.name]
 
+    @property
+    def sample_source(self) -> str:
+        return self.probes[0].source
+
     # ---- data of chained members
     def datasets(self) -> dict[str, tuple[np.ndarray, ...]]:
-        return {"parity": self.sample, **{n: s.inputs for n, s in self.splits.items() if s is not None}}
+        return {**{p.key: p.inputs for p in self.probes}, **{n: s.inputs for n, s in self.splits.items() if s is not None}}
 
     def inputs_for(self, m: MemberSpec, dataset: str, engine: str = "torch") -> tuple[np.ndarray, ...]:
         """``m``'s input arrays on a dataset: the pipeline inputs, or for a chained member its
@@ -151,16 +157,52 @@ class BuildState:
         return len(first.shape) == 1 and first.dtype in FLOAT_DTYPES and m.name not in consumed
 
     def check(self, m: MemberSpec, precision: str, path: Path, runtime: str,
-              actual: Mapping[str, np.ndarray] | None = None) -> ParityRecord:
-        """Parity of an artifact against the member's PyTorch outputs (raises on failure)."""
+              run: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None) -> ParityRecord:
+        """Parity of an artifact against the member's PyTorch outputs at every size of the dynamic
+        axes the probes hold (raises on failure, naming the size)."""
         tol = self.spec.parity.for_precision(precision)
-        if actual is None:
-            actual = run_onnx(path, {t.name: x for t, x in zip(m.inputs, self.inputs_for(m, "parity"))})
-        return compare_outputs(
-            self.outputs_for(m, "parity"), actual, atol=tol.atol, rtol=tol.rtol,
-            min_top1_agreement=tol.min_top1_agreement, artifact=f"{m.name}/{path.name}",
-            precision=precision, runtime=runtime, inputs=self.sample_source,
-        )
+        run = run or (lambda feeds: run_onnx(path, feeds))
+        parts = []
+        for probe in self.probes:
+            feeds = {t.name: x for t, x in zip(m.inputs, self.inputs_for(m, probe.key))}
+            where = f" at {probe.point.describe()}" if len(self.probes) > 1 else ""
+            reference = self._reference(m, probe)
+            try:
+                actual = run(feeds)
+            except Exception as exc:
+                text = " ".join(str(exc).split())[:300]
+                raise ValidationError(
+                    f"{m.name}/{path.name} ({precision}, {runtime}) fails on inputs{where or ' of the data'} where "
+                    f"PyTorch works: {type(exc).__name__}: {text}; if a size is fixed in the artifact, see the export "
+                    "(dynamic axes of the spec's inputs) or bound the axis: dynamic: {axis: {min, max, multiple_of}}",
+                    kind="shape") from None
+            record = compare_outputs(
+                reference, actual, atol=tol.atol, rtol=tol.rtol,
+                min_top1_agreement=tol.min_top1_agreement, artifact=f"{m.name}/{path.name}{where}",
+                precision=precision, runtime=runtime, inputs=probe.source,
+            )
+            info = {"point": probe.point.label, "sizes": probe.point.to_json(), "source": probe.source}
+            parts.append((info if probe.point.sizes else {}, replace(record, artifact=f"{m.name}/{path.name}")))
+        return merge_records(parts)
+
+    def _reference(self, m: MemberSpec, probe: Probe) -> dict[str, np.ndarray]:
+        try:
+            return self.outputs_for(m, probe.key)
+        except ValidationError:
+            raise
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            if probe.key == "parity":
+                raise ConversionError(
+                    f"{self.members[m.name].where}: the PyTorch model fails on the parity samples "
+                    f"({probe.source}): {type(exc).__name__}: {text[-1][:300] if text else ''}; check that forward() "
+                    "takes the spec's inputs in order, with the spec's dtypes and shapes") from None
+            raise ValidationError(
+                f"{m.name}: the PyTorch model itself fails on inputs of sizes {probe.point.describe()} "
+                f"({type(exc).__name__}: {text[0][:200] if text else ''}); declare the sizes it takes in the spec: "
+                "dynamic: {axis: {min, max, multiple_of}} on the inputs (or the sizes to try: sizes: [...])",
+                kind="shape",
+            ) from None
 
 
 # --------------------------------------------------------------------------- what steps make
@@ -264,7 +306,7 @@ class Export(BuildStep[BuildState]):
         sample = state.inputs_for(m, "parity")
         path = ExportOnnx(model, [x[: max(2, min(len(x), 8))] for x in sample], m.inputs, m.outputs,
                           state.work / m.name / "fp32" / ONNX_FILE, opset=state.spec.opset, name=m.name,
-                          keep_debug_info=state.spec.export.keep_debug_info)()
+                          keep_debug_info=state.spec.export.keep_debug_info, exporter=state.spec.export.exporter)()
         record = state.check(m, "fp32", path, "onnxruntime-cpu")
         failpoint("after-export")
         return Built(Artifact(m.name, "fp32", ArtifactFormat.ONNX, path, [record], state.keys.key(m, "fp32")))
@@ -285,18 +327,25 @@ class LowerPrecision(BuildStep[BuildState]):
         m, precision = self.member, self.precision
         source = state.members[m.name].onnx["fp32"].path
         target = state.work / m.name / precision / ONNX_FILE
-        calibration = None
+        calibration = conversion = None
         if precision == "fp16":
-            path = ConvertToFp16(source, target, name=m.name)()
+            convert = ConvertToFp16(source, target, name=m.name)
+            path = convert()
+            if convert.kept_fp32:
+                conversion = {"kept_fp32": convert.kept_fp32}
         else:
             options = state.spec.precision.calibration
-            quantize = QuantizeInt8(source, target, state.inputs_for(m, "calibration"), [t.name for t in m.inputs],
-                                    options, name=m.name)
+            samples = state.inputs_for(m, "calibration")
+            sizes = [] if state.spec.sources_of(m) else [  # the calibration samples at every size parity tries
+                resize_inputs(m.inputs, samples, p.point, options.samples) for p in state.probes[1:]]
+            quantize = QuantizeInt8(source, target, samples, [t.name for t in m.inputs], options, name=m.name,
+                                    other_sizes=sizes)
             path = quantize()
-            calibration = {**options.model_dump(), "samples_used": quantize.samples_used, "split": "data.calibration"}
+            calibration = {**options.model_dump(), "samples_used": quantize.samples_used, "split": "data.calibration",
+                           "sizes": [p.point.to_json() for p in state.probes] if quantize.other_sizes else None}
         record = state.check(m, precision, path, "onnxruntime-cpu")
         return Built(Artifact(m.name, precision, ArtifactFormat.ONNX, path, [record], state.keys.key(m, precision),
-                              calibration))
+                              calibration, conversion=conversion))
 
 
 @dataclass
@@ -348,8 +397,7 @@ class Engine(BuildStep[BuildState]):
         trt = state.spec.tensorrt
         path = BuildEngine(source.path, state.work / m.name / f"trt_{precision}" / PLAN_FILE, profile,
                            trt.workspace_mb << 20, trt.timing_cache, name=m.name)()
-        actual = run_engine(path, {t.name: x for t, x in zip(m.inputs, state.inputs_for(m, "parity"))}, profile.max)
-        record = state.check(m, precision, path, "tensorrt", actual=actual)
+        record = state.check(m, precision, path, "tensorrt", run=lambda feeds: run_engine(path, feeds, profile.max))
         return Built(Artifact(m.name, precision, ArtifactFormat.PLAN, path, [record], engine=engine_record(profile)))
 
 
@@ -425,7 +473,9 @@ class Write(BuildStep[BuildState]):
         check_graph(plans)
         selections = {n: b.selection for n, b in members.items() if b.selection}
         for plan in plans:
-            if plan.format == ArtifactFormat.FUSION:
+            if plan.format == ArtifactFormat.FUSION and "input_checks" in plan.config.parameters:
+                files, record = guard_files(), {}
+            elif plan.format == ArtifactFormat.FUSION:
                 files, record = fusion_files(state.fitted)
             elif plan.format == ArtifactFormat.ENSEMBLE:
                 files, record = {}, served_record(selections)
@@ -441,6 +491,25 @@ class Write(BuildStep[BuildState]):
 
 
 # --------------------------------------------------------------------------- build
+@dataclass(frozen=True)
+class FailedVariant:
+    """A requested precision variant (ONNX or TensorRT engine) that could not be built."""
+
+    member: str
+    precision: str
+    model: str        # the model name it would have had
+    reason: str
+    optional: bool    # listed in precision.optional
+    format: str = "onnx"
+
+    def summary(self) -> str:
+        """One line: which variant and why (the last line of the step's message)."""
+        lines = [ln.strip() for ln in self.reason.splitlines() if ln.strip()]
+        why = lines[0] if lines and not lines[0].startswith("Traceback") else (lines[-1] if lines else "unknown")
+        kind = "TensorRT engine" if self.format == "engine" else "variant"
+        return f"{self.precision} {kind} of '{self.member}' ({self.model}) not built: {why}"
+
+
 @dataclass
 class BuildResult:
     repository: Path
@@ -455,6 +524,12 @@ class BuildResult:
     removed: list[str] = field(default_factory=list)
     actions: dict[str, tuple[str, int]] = field(default_factory=dict)  # model -> (new|unchanged|config|version, n)
     recovered: str | None = None  # what happened to a commit a crash had interrupted
+    failed_variants: list[FailedVariant] = field(default_factory=list)
+
+    @property
+    def missing_required(self) -> list[FailedVariant]:
+        """Requested variants that could not be built and are not ``precision.optional``."""
+        return [f for f in self.failed_variants if not f.optional]
 
     @property
     def problems(self) -> list[StepResult]:
@@ -480,17 +555,17 @@ def build(
     external = resolve_external(spec, repo)
     check_graph(plan_pipeline(spec, target, external=external))
     splits = {name: load_split(spec, name) for name in SPLITS}
-    sample, sample_source = parity_inputs(spec)
+    probes = parity_probes(spec)
 
     with RepositoryWriter(repo, spec.name) as writer:
         writer.check_names([p.config.name for p in plan_pipeline(spec, target, external=external)])
-        state = BuildState(spec, target, writer.staging / ".work", splits, sample, sample_source, external,
+        state = BuildState(spec, target, writer.staging / ".work", splits, probes, external,
                            ArtifactKeys(spec, target))
         for where, m in _models(spec):
             state.members[m.name] = MemberBuild(m, where)
         try:
-            results = run_steps(plan_steps(state, read_manifest_dict(repo), writer), state, progress=progress,
-                                title=f"build {spec.name} ({target})")
+            steps = plan_steps(state, read_manifest_dict(repo), writer)
+            results = run_steps(steps, state, progress=progress, title=f"build {spec.name} ({target})")
             failpoint("after-steps")
             shutil.rmtree(state.work, ignore_errors=True)
             selections = {n: b.selection for n, b in state.members.items() if b.selection}
@@ -503,10 +578,15 @@ def build(
                 "and build again."
             ) from None
     members = state.members
+    failed = [FailedVariant(step.member.name, step.precision, variant_name(step.member, step.precision),
+                            result.message.strip(), step.precision in spec.precision.optional,
+                            "engine" if isinstance(step, Engine) else "onnx")
+              for step, result in zip(steps, results)
+              if isinstance(step, (LowerPrecision, Engine)) and result.status is Status.FAIL]
     return BuildResult(repo, spec.name, target, state.plans,
                        {n: b.parity for n, b in members.items()}, {n: b.stats for n, b in members.items()},
                        {n: b.selection for n, b in members.items() if b.selection}, state.fitted, results, removed,
-                       writer.actions, recovered)
+                       writer.actions, recovered, failed)
 
 
 def plan_steps(state: BuildState, manifest: dict[str, Any], writer: RepositoryWriter) -> list[BuildStep]:

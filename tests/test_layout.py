@@ -51,7 +51,8 @@ LAYERS = [
     "tritonfleet.clients",
 ]
 BUILDER_BASE = ("tritonfleet.builder.errors", "tritonfleet.builder.failpoints", "tritonfleet.builder.steps")
-LEAVES = ("tritonfleet.builder.runtime", "tritonfleet.examples.digits", "tritonfleet.examples.detection")
+LEAVES = ("tritonfleet.builder.runtime", "tritonfleet.examples.digits", "tritonfleet.examples.detection",
+          "tritonfleet.examples.conformance")
 PACKAGE_ROOTS = ("tritonfleet.builder", "tritonfleet.examples")  # docstring-only __init__ files
 
 

@@ -16,6 +16,8 @@ from tritonfleet.builder.cli.args import add_progress_arg, non_negative_float, p
 from tritonfleet.builder.cli.console import console, fmt
 from tritonfleet.clients.vocabulary import PRECISIONS
 
+MISSING_VARIANT_EXIT = 3  # built, but a requested (not optional) variant is missing
+
 
 def register(sub) -> None:
     parser = subcommand(sub, __doc__, "build")
@@ -61,10 +63,17 @@ def run(args: argparse.Namespace) -> int:
     spec = apply_overrides(load_spec(args.spec), args)
     result = build(spec, target=args.target, output_dir=args.output, spec_path=args.spec, progress=args.progress)
     print_build(result)
+    missing = result.missing_required
+    if missing:
+        console().print(f"[bold red]error:[/] {len(missing)} requested variant(s) not built (exit code "
+                        f"{MISSING_VARIANT_EXIT}); the repository holds the others. Fix the cause, drop the variant, "
+                        "or mark its precision optional (precision.optional: \\[fp16])")
+        return MISSING_VARIANT_EXIT
     return 0
 
 
 def print_build(result) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from tritonfleet.clients.evaluation.accuracy import drop_points
@@ -103,7 +112,13 @@ def print_build(result) -> None:
               "(served numbers: tritonfleet demo / bench)")
     for sel in result.selections.values():
         out.print(f"  {sel.member} serves {sel.precision} ({sel.reason})")
+    failed = {(f.member, f.precision, f.format) for f in result.failed_variants}
+    for f in result.failed_variants:
+        label = "[yellow]optional[/]" if f.optional else "[bold red]missing[/]"
+        out.print(f"{label} {escape(f.summary())}", soft_wrap=True)
     for step in result.problems:
+        if step.status.value == "fail" and any(step.name in (f"{p} {m}", f"engine {m} {p}") for m, p, _ in failed):
+            continue
         out.print(f"[yellow]{step.status.value}[/] {step.name}: {step.message.strip().splitlines()[-1]}")
     if result.removed:
         out.print(f"removed models no longer in the spec: {', '.join(result.removed)}")

@@ -28,6 +28,7 @@ from typing import Any
 
 from tritonfleet.builder.repository.config import DynamicBatchingConfig, EnsembleStep, ModelConfig, TensorConfig
 from tritonfleet.builder.spec import MemberSpec, PipelineSpec, TensorSpec
+from tritonfleet.builder.spec.axes import merge_checks
 from tritonfleet.clients.vocabulary import ArtifactFormat, ModelKind
 
 TARGETS = ("local", "ngc")
@@ -89,6 +90,7 @@ def member_config(spec: PipelineSpec, member: MemberSpec, target: str, precision
         dynamic_batching=_batching(spec),
     )
     threads = str(spec.serving.onnxruntime_threads)
+    checks = input_checks(member.inputs)
     if target == "ngc":
         optimization = None
         if spec.tensorrt.onnxruntime_accelerator:
@@ -105,7 +107,8 @@ def member_config(spec: PipelineSpec, member: MemberSpec, target: str, precision
         return ModelConfig(
             backend="python",
             parameters={"onnx_file": ONNX_FILE, "intra_op_threads": threads,
-                        "device": spec.device_for(target), "precision": precision},
+                        "device": spec.device_for(target), "precision": precision,
+                        **({"input_checks": json.dumps(checks, sort_keys=True)} if checks else {})},
             **common,
         )
     raise ValueError(f"unknown target '{target}' (use one of {', '.join(TARGETS)})")
@@ -182,6 +185,28 @@ def fusion_config(spec: PipelineSpec, fitted: Mapping[str, Any] | None = None) -
     )
 
 
+# --------------------------------------------------------------------------- input guard
+def input_checks(inputs: Sequence[TensorSpec]) -> dict[str, Any]:
+    """input name -> what a request must satisfy (declared range, finite, dynamic-axis bounds)."""
+    return {t.name: c for t in inputs if (c := t.checks())}
+
+
+def guard_config(spec: PipelineSpec) -> ModelConfig | None:
+    """The ensemble's first step when its inputs declare constraints (every model fed by the
+    pipeline input must accept the request), else None: checks requests before the fan-out."""
+    roots = [m for m in spec.members if not m.inputs_from]
+    checks = merge_checks([input_checks(m.inputs) for m in roots])
+    if not checks or spec.fusion_kind not in ("classification", "detection", "chain"):
+        return None
+    inputs = _tensors(spec.inputs)
+    return ModelConfig(
+        name=f"{spec.name}_guard", backend="python", inputs=inputs,
+        outputs=tuple(TensorConfig(f"{t.name}_checked", t.dtype, t.dims) for t in inputs),
+        max_batch_size=spec.serving.max_batch_size, instance_count=spec.serving.instances, instance_kind="KIND_CPU",
+        dynamic_batching=_batching(spec), parameters={"input_checks": json.dumps(checks, sort_keys=True)},
+    )
+
+
 # --------------------------------------------------------------------------- pipeline model
 def _tensor_name(member: str, output: str) -> str:
     return f"{member}__{output}"
@@ -196,10 +221,15 @@ def _needed_members(spec: PipelineSpec, targets: Sequence[MemberSpec]) -> list[M
     return [m for m in spec.members if m.name in needed]
 
 
-def ensemble_config(spec: PipelineSpec, served: Mapping[str, str], fusion: ModelConfig | None) -> ModelConfig:
-    """The ensemble: member steps (chained ones on their producers' outputs), then the
-    fusion step, or for ``type: none`` the chosen member's outputs as the ensemble's."""
+def ensemble_config(spec: PipelineSpec, served: Mapping[str, str], fusion: ModelConfig | None,
+                    guard: ModelConfig | None = None) -> ModelConfig:
+    """The ensemble: the input guard (when inputs declare constraints), member steps (chained
+    ones on their producers' outputs), then the fusion step, or for ``type: none`` the chosen
+    member's outputs as the ensemble's."""
     inputs = _tensors(spec.inputs)
+    fed = {t.name: t.name for t in inputs}
+    if guard is not None:
+        fed = {t.name: _tensor_name(guard.name, f"{t.name}_checked") for t in inputs}
     if fusion is not None:
         wanted = fusion_inputs(spec)
         consumed = {(m.name, out) for m, out, _ in wanted}
@@ -213,9 +243,12 @@ def ensemble_config(spec: PipelineSpec, served: Mapping[str, str], fusion: Model
         consumed |= set(spec.sources_of(m).values())
 
     steps = []
+    if guard is not None:
+        steps.append(EnsembleStep(guard.name, {t.name: t.name for t in inputs},
+                                  {f"{t.name}_checked": fed[t.name] for t in inputs}))
     for m in members:
         sources = spec.sources_of(m)
-        input_map = {t.name: _tensor_name(*sources[t.name]) if t.name in sources else inputs[i].name
+        input_map = {t.name: _tensor_name(*sources[t.name]) if t.name in sources else fed[inputs[i].name]
                      for i, t in enumerate(m.inputs)}
         output_map = {t.name: _tensor_name(m.name, t.name) for t in m.outputs if (m.name, t.name) in consumed}
         if fusion is None and m is last[0]:
@@ -300,12 +333,17 @@ def plan_pipeline(
         for precision in (engines or {}).get(m.name, ()):
             plans.append(ModelPlan(kind, engine_config(spec, m, precision), m.name, precision, ArtifactFormat.PLAN))
     names = {m.name: variant_name(m, (served or {}).get(m.name, "fp32")) for m in spec.members}
+    guard = guard_config(spec)
+    if guard is not None:
+        plans.append(ModelPlan(ModelKind.FUSION, guard, format=ArtifactFormat.FUSION))
     if spec.fusion_kind in ("classification", "detection"):
         fusion = fusion_config(spec, fitted)
         plans.append(ModelPlan(ModelKind.FUSION, fusion, format=ArtifactFormat.FUSION))
-        plans.append(ModelPlan(ModelKind.ENSEMBLE, ensemble_config(spec, names, fusion), format=ArtifactFormat.ENSEMBLE))
+        plans.append(ModelPlan(ModelKind.ENSEMBLE, ensemble_config(spec, names, fusion, guard),
+                               format=ArtifactFormat.ENSEMBLE))
     elif spec.fusion_kind == "chain":
-        plans.append(ModelPlan(ModelKind.ENSEMBLE, ensemble_config(spec, names, None), format=ArtifactFormat.ENSEMBLE))
+        plans.append(ModelPlan(ModelKind.ENSEMBLE, ensemble_config(spec, names, None, guard),
+                               format=ArtifactFormat.ENSEMBLE))
     else:
         names.update({m.name: variant_name(m, (served or {}).get(m.name, "fp32")) for m in spec.baselines})
         plans.append(ModelPlan(ModelKind.PIPELINE, bls_config(spec, names, external or {}), format=ArtifactFormat.BLS))

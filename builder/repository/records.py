@@ -40,6 +40,7 @@ class Artifact:
     calibration: dict[str, Any] | None = None
     engine: dict[str, Any] | None = None
     reused: bool = False
+    conversion: dict[str, Any] | None = None  # how a lower precision was made, e.g. {"kept_fp32": ["Loop"]}
 
 
 def member_files(plan: ModelPlan, artifact: Artifact, stats: VariantStats | None,
@@ -55,9 +56,18 @@ def member_files(plan: ModelPlan, artifact: Artifact, stats: VariantStats | None
     record["variant"] = stats.to_dict() if stats else None
     if artifact.calibration is not None:
         record["calibration"] = artifact.calibration
+    if artifact.conversion is not None:
+        record["conversion"] = artifact.conversion
     if target == "local":
         files["model.py"] = runtime.ONNX_RUNNER
+        if "input_checks" in plan.config.parameters:
+            files[runtime.INPUT_CHECKS.name] = runtime.INPUT_CHECKS
     return files, record
+
+
+def guard_files() -> dict[str, Path]:
+    """Files of an ensemble's input guard: its model.py and the checks it runs."""
+    return {"model.py": runtime.GUARD_MODEL, runtime.INPUT_CHECKS.name: runtime.INPUT_CHECKS}
 
 
 def fusion_files(fitted: Mapping[str, Any]) -> tuple[dict[str, Path | bytes], dict[str, Any]]:

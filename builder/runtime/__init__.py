@@ -16,5 +16,7 @@ CASCADE_MODEL = HERE / "cascade_model.py"   # BLS early exit
 ROUTE_MODEL = HERE / "route_model.py"       # BLS A/B and shadow routing
 OPS = HERE / "ops.py"                       # the fusion math, imported by path by the adapters
 SERVING = HERE / "tritonfleet_serving.py"   # tensors in and out, parameters, BLS calls
+GUARD_MODEL = HERE / "guard_model.py"       # first ensemble step: checks declared input constraints
+INPUT_CHECKS = HERE / "input_checks.py"     # the checks (range, finite, dynamic-axis bounds), plain numpy
 
 BLS_MODELS = {"cascade": CASCADE_MODEL, "route": ROUTE_MODEL}

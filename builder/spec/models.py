@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from tritonfleet.builder.spec.axes import TensorOptions, output_option_problems
 from tritonfleet.builder.spec.common import (
     MAX_BATCH_LIMIT,
     Architecture,
@@ -19,8 +20,9 @@ from tritonfleet.builder.spec.common import (
 )
 
 
-class TensorSpec(_Strict):
-    """One input or output of a model, shapes *without* the batch dimension."""
+class TensorSpec(TensorOptions):
+    """One input or output of a model, shapes *without* the batch dimension; ``-1`` marks a dynamic
+    axis (bounds, value constraints: :mod:`tritonfleet.builder.spec.axes`)."""
 
     name: TensorName
     dtype: DType = "float32"
@@ -109,6 +111,8 @@ class MemberSpec(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"tensor names must be unique within a model: {', '.join(dupes)}")
+        if output_option_problems(self.outputs):
+            raise ValueError("; ".join(output_option_problems(self.outputs)))
         if self.precisions and len(set(self.precisions)) != len(self.precisions):
             raise ValueError(f"precisions listed twice: {self.precisions}")
         inputs = {t.name for t in self.inputs}

@@ -17,6 +17,10 @@ class ExportOptions(_Strict):
     # torch writes per-node stack traces (with the build machine's file paths), FX node dumps
     # and class names into the ONNX; they are removed unless kept for debugging an export
     keep_debug_info: bool = False
+    # auto: the dynamo exporter (torch.export) for nn.Module and ExportedProgram sources, the
+    # TorchScript exporter for torchscript sources; torchscript: trace nn.Module sources instead
+    # (the other exporter, when torch.export cannot capture a model)
+    exporter: Literal["auto", "dynamo", "torchscript"] = "auto"
 
 
 # --------------------------------------------------------------------------- serving
@@ -102,6 +106,9 @@ class PrecisionSpec(_Strict):
     min_speedup: float = Field(default=1.05, ge=1.0)  # auto: a lower precision must be this much faster
     benchmark_batch_size: int = Field(default=16, ge=1, le=MAX_BATCH_LIMIT)
     calibration: Calibration = Field(default_factory=Calibration)
+    # variants that may fail to build (conversion or parity) without failing the command; any other
+    # requested variant that fails makes `tritonfleet build` exit 3 (the repository still holds the rest)
+    optional: list[Precision] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> PrecisionSpec:
@@ -134,7 +141,9 @@ class BatchProfile:
             opt = max(fitting) if fitting else max_batch_size
         return cls(1, min(opt, max_batch_size), max_batch_size)
 
-    def shapes(self, per_sample: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    def shapes(self, per_sample: tuple[int, ...], name: str | None = None) -> tuple[tuple[int, ...], ...]:
+        """min/opt/max shapes of an input (``name`` is for :class:`~.axes.EngineProfile`, which also
+        bounds the input's dynamic axes; here they are 1)."""
         dims = tuple(1 if d == -1 else d for d in per_sample)
         return tuple((b, *dims) for b in (self.min, self.opt, self.max))
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
+from tritonfleet.builder.spec.axes import EngineProfile, engine_axes, engine_problems
 from tritonfleet.builder.spec.common import ModelName, ResolvedPath, _Strict
 from tritonfleet.builder.spec.fusion import FusionSpec, StageRef
 from tritonfleet.builder.spec.models import MemberSpec, TensorSpec
@@ -94,11 +95,12 @@ class PipelineSpec(_Strict):
     def max_batch_size_of(self, member: MemberSpec) -> int:
         return member.max_batch_size or self.serving.max_batch_size
 
-    def engine_profile(self, member: MemberSpec) -> BatchProfile:
-        """The TensorRT optimization profile of ``member``'s engines (batch dimension)."""
-        return BatchProfile.for_serving(self.max_batch_size_of(member),
-                                        tuple(self.serving.dynamic_batching.preferred_batch_sizes),
-                                        self.tensorrt.opt_batch_size)
+    def engine_profile(self, member: MemberSpec) -> EngineProfile:
+        """The TensorRT optimization profile of ``member``'s engines: the batch and every dynamic axis."""
+        batch = BatchProfile.for_serving(self.max_batch_size_of(member),
+                                         tuple(self.serving.dynamic_batching.preferred_batch_sizes),
+                                         self.tensorrt.opt_batch_size)
+        return EngineProfile(batch, engine_axes(member.inputs))
 
     def instances_of(self, member: MemberSpec) -> int:
         return member.instances or self.serving.instances
@@ -184,6 +186,7 @@ class PipelineSpec(_Strict):
                 f"serving.max_batch_size {self.serving.max_batch_size}"
             )
         problems += self._check_graph()
+        problems += engine_problems(self.all_models) if self.tensorrt.engines else []
         if not problems:  # the checks below assume a sound graph
             problems += self._check_precisions()
             problems += {"classification": self._check_classification, "detection": self._check_detection,

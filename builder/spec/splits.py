@@ -9,6 +9,13 @@ import numpy as np
 from tritonfleet.builder.errors import SpecError
 from tritonfleet.builder.spec.models import TensorSpec
 from tritonfleet.builder.spec.pipeline import PipelineSpec
+from tritonfleet.builder.spec.sizes import (
+    EXTRA_SAMPLES,
+    SizePoint,
+    resize_inputs,
+    size_points,
+    synthetic_inputs,
+)
 from tritonfleet.clients.dtypes import numpy_dtype
 from tritonfleet.clients.manifest import ManifestError, load_npz
 
@@ -79,6 +86,10 @@ def _check_input(array: np.ndarray, tensor: TensorSpec, where: str) -> np.ndarra
             f"{where} has per-sample shape {shape if array.ndim else 'scalar'}; input "
             f"'{tensor.name}' takes {list(tensor.shape)} (arrays are [samples, ...])"
         )
+    for axis, a in tensor.dynamic_axes().items():
+        if array.ndim > axis and not a.accepts(array.shape[axis]):
+            raise SpecError(f"{where} has size {array.shape[axis]} on axis {axis}; input '{tensor.name}' declares "
+                            f"{a.describe()} there (dynamic: {{{axis}: ...}})")
     if array.dtype != want:
         same_kind = np.issubdtype(array.dtype, np.floating) == np.issubdtype(want, np.floating)
         if not same_kind or array.dtype == np.bool_:
@@ -93,20 +104,39 @@ def parity_inputs(spec: PipelineSpec) -> tuple[tuple[np.ndarray, ...], str]:
     """Samples every artifact is validated on, and where they came from.
 
     Real samples (validation split, else test split) when the spec has data; otherwise
-    seeded uniform noise in [0, 1) of the input signature.
+    seeded well-formed noise of the input signature (uniform [0, 1) floats, 0/1 integers, or
+    values inside each input's ``range``), dynamic axes at their default size.
     """
     n = spec.parity.samples
     for name in ("validation", "test"):
         split = load_split(spec, name)
         if split is not None:
             return split.head(n).inputs, f"data.{name}[:{min(n, len(split))}]"
-    rng = np.random.default_rng(0)
-    arrays = []
-    for t in spec.inputs:
-        shape = [n, *[1 if d == -1 else d for d in t.shape]]
-        dtype = numpy_dtype(t.dtype)
-        if np.issubdtype(dtype, np.floating):
-            arrays.append(rng.random(shape).astype(dtype))
+    return synthetic_inputs(spec.inputs, size_points(spec.inputs)[0], n), f"random(seed=0, n={n})"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Parity samples at one size of every dynamic axis."""
+
+    key: str            # dataset key: "parity" (the data's sizes) or "parity@<label>"
+    point: SizePoint
+    inputs: tuple[np.ndarray, ...]
+    source: str
+
+
+def parity_probes(spec: PipelineSpec) -> list[Probe]:
+    """The parity samples at the data's sizes, then at every other size parity tries (see
+    :mod:`tritonfleet.builder.spec.sizes`): real samples resized where there are some."""
+    arrays, source = parity_inputs(spec)
+    real = source.startswith("data.")
+    points = size_points(spec.inputs, arrays if real else None)
+    probes = [Probe("parity", points[0], arrays, source)]
+    for i, point in enumerate(points[1:], start=1):
+        if real:
+            inputs, where = resize_inputs(spec.inputs, arrays, point, EXTRA_SAMPLES), f"{source} resized"
         else:
-            arrays.append(rng.integers(0, 2, shape).astype(dtype))
-    return tuple(arrays), f"random(seed=0, n={n})"
+            n = min(spec.parity.samples, EXTRA_SAMPLES)
+            inputs, where = synthetic_inputs(spec.inputs, point, n, seed=i), f"random(seed={i}, n={n})"
+        probes.append(Probe(f"parity@{point.label}", point, inputs, where))
+    return probes

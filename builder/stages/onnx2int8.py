@@ -23,7 +23,8 @@ CALIBRATION_BATCH = 32
 
 class QuantizeInt8(Loader[Path]):
     def __init__(self, onnx_path: Any, path: Path, samples: Sequence[np.ndarray], input_names: Sequence[str],
-                 options: Calibration | None = None, name: str = "model"):
+                 options: Calibration | None = None, name: str = "model",
+                 other_sizes: Sequence[Sequence[np.ndarray]] = ()):
         self.onnx_path = onnx_path
         self.path = Path(path)
         self.samples = samples
@@ -31,6 +32,9 @@ class QuantizeInt8(Loader[Path]):
         self.options = options or Calibration()
         self.name = name
         self.samples_used = 0
+        # the same samples at the other sizes of the dynamic axes (minmax only): activation ranges
+        # then cover short and long inputs, not only the data's size
+        self.other_sizes = [list(x) for x in other_sizes] if self.options.method == "minmax" else []
 
     def call_impl(self) -> Path:
         from onnxruntime.quantization import (
@@ -54,6 +58,9 @@ class QuantizeInt8(Loader[Path]):
             {n: x[s:s + CALIBRATION_BATCH] for n, x in zip(self.input_names, samples)}
             for s in range(0, len(samples[0]), CALIBRATION_BATCH)
         ]
+        for extra in self.other_sizes:
+            batches += [{n: np.ascontiguousarray(x[s:s + CALIBRATION_BATCH]) for n, x in zip(self.input_names, extra)}
+                        for s in range(0, len(extra[0]), CALIBRATION_BATCH)]
 
         class Reader(CalibrationDataReader):
             def __init__(self):

@@ -7,7 +7,8 @@ Q/DQ ONNX an int8 engine. ``BuilderFlag.FP16/INT8`` and calibrators, removed in 
 never used.
 
 One optimization profile per engine: batch ``min=1``, ``opt``, ``max=max_batch_size`` (the
-Triton config's ``max_batch_size`` must not exceed the profile's max). A persistent timing
+Triton config's ``max_batch_size`` must not exceed the profile's max), and for every dynamic
+axis of an input its declared min/opt/max (:class:`~tritonfleet.builder.spec.axes.EngineProfile`). A persistent timing
 cache makes rebuilds fast. ``import tensorrt`` happens only when an engine is built, so
 this module imports on machines without TensorRT; :func:`tensorrt_version` says whether
 it is there.
@@ -85,7 +86,7 @@ class BuildEngine(Loader[Path]):
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
             per_sample = tuple(int(d) for d in tuple(tensor.shape)[1:])
-            profile.set_shape(tensor.name, *self.profile.shapes(per_sample))
+            profile.set_shape(tensor.name, *self.profile.shapes(per_sample, tensor.name))
         config.add_optimization_profile(profile)
 
         cache_bytes = self.timing_cache.read_bytes() if self.timing_cache and self.timing_cache.is_file() else b""
@@ -110,7 +111,8 @@ def build_engine(*args, **kwargs) -> Path:
 
 def engine_record(profile: BatchProfile) -> dict[str, Any]:
     """What the manifest keeps beside an engine: it only runs on the TensorRT that built it."""
-    record: dict[str, Any] = {"tensorrt": tensorrt_version(), "profile": profile.__dict__}
+    shape = profile.to_dict() if hasattr(profile, "to_dict") else dict(profile.__dict__)
+    record: dict[str, Any] = {"tensorrt": tensorrt_version(), "profile": shape}
     try:
         import torch
 

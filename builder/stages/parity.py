@@ -40,6 +40,9 @@ class ParityRecord:
     top1_agreement: float | None
     passed: bool
     outputs: dict[str, OutputDiff] = field(default_factory=dict)
+    # per size of the dynamic axes tried: {"point", "sizes", "source", "samples", "max_abs_error",
+    # "top1_agreement", "passed"}; empty for models without dynamic axes besides the batch
+    sizes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +112,30 @@ def compare_outputs(
     return record
 
 
+def merge_records(parts: Sequence[tuple[dict[str, Any], ParityRecord]]) -> ParityRecord:
+    """One record for an artifact checked at several sizes: the worst error, the lowest top-1
+    agreement, passed only if every size passed; each size's own numbers in ``sizes``."""
+    first = parts[0][1]
+    if len(parts) == 1 and not parts[0][0].get("sizes"):
+        return first
+    outputs: dict[str, OutputDiff] = {}
+    for _, rec in parts:
+        for name, d in rec.outputs.items():
+            old = outputs.get(name)
+            outputs[name] = d if old is None else OutputDiff(max(old.max_abs_error, d.max_abs_error),
+                                                             max(old.max_rel_error, d.max_rel_error),
+                                                             max(old.min_atol_to_pass, d.min_atol_to_pass))
+    top1 = [r.top1_agreement for _, r in parts if r.top1_agreement is not None]
+    sizes = [{**info, "samples": r.samples, "max_abs_error": r.max_abs_error, "top1_agreement": r.top1_agreement,
+              "passed": r.passed} for info, r in parts]
+    return ParityRecord(
+        artifact=first.artifact, precision=first.precision, runtime=first.runtime,
+        samples=sum(r.samples for _, r in parts), inputs=first.inputs, atol=first.atol, rtol=first.rtol,
+        max_abs_error=max(r.max_abs_error for _, r in parts), top1_agreement=min(top1) if top1 else None,
+        passed=all(r.passed for _, r in parts), outputs=outputs, sizes=sizes,
+    )
+
+
 def _diff(ref: np.ndarray, got: np.ndarray, rtol: float) -> OutputDiff:
     if ref.size == 0:
         return OutputDiff(0.0, 0.0, 0.0)
@@ -133,13 +160,26 @@ def run_torch(model: Any, inputs: Sequence[np.ndarray], output_names: Sequence[s
 
     module = model.module() if isinstance(model, torch.export.ExportedProgram) else model
     chunks: list[tuple[np.ndarray, ...]] = []
-    with torch.inference_mode():
+    # no_grad, not inference_mode: a TorchScript module run under inference_mode fails inside
+    # recurrent ops ("Inference tensors cannot be saved for backward")
+    with torch.no_grad():
         for start in range(0, len(inputs[0]), batch_size):
             args = [torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])) for x in inputs]
-            out = module(*args)
-            out = out if isinstance(out, (tuple, list)) else (out,)
-            chunks.append(tuple(o.detach().cpu().numpy() for o in out))
+            chunks.append(tuple(o.detach().cpu().numpy() for o in flatten_outputs(module(*args), output_names)))
     return _join(chunks, output_names)
+
+
+def flatten_outputs(out: Any, output_names: Sequence[str]) -> tuple[Any, ...]:
+    """A model's return value as a tuple of tensors in the spec's output order: a tensor, a
+    tuple/list, or a dict (by the spec's output names when its keys are those names, else in
+    its own order, as torch.export flattens it)."""
+    if isinstance(out, dict):
+        if set(output_names) <= set(out):
+            return tuple(out[n] for n in output_names)
+        return tuple(out.values())
+    if isinstance(out, (tuple, list)):
+        return tuple(out)
+    return (out,)
 
 
 def run_onnx(path: Path, inputs: Mapping[str, np.ndarray], batch_size: int = 256,
