@@ -135,12 +135,17 @@ class TritonClient:
         batch = len(next(iter(named.values()))) if meta.max_batch_size > 0 else None
         out = {}
         for name in wanted:
-            array = result.as_numpy(name)
-            if array is None or (batch and (array.ndim == 0 or array.shape[0] != batch)):
+            try:
+                array = result.as_numpy(name)
                 got = "nothing" if array is None else f"shape {list(array.shape)}"
+            except ValueError:  # tritonclient: the data does not fill the declared shape (0 bytes)
+                array, got = None, "an empty tensor"
+            if array is None or (batch and (array.ndim == 0 or array.shape[0] != batch)):
                 raise ServerError(
-                    f"model '{model}' returned {got} for output '{name}' on a batch of {batch}; "
-                    "if it is a Python-backend model, the server's Python must have numpy < 2"
+                    f"model '{model}' returned {got} for output '{name}' on a batch of {batch}; if it is a "
+                    "Python-backend model that hands numpy arrays to pb_utils.Tensor, its stub (built for numpy < 2, "
+                    "as tritonserver 2.51's is) misreads numpy 2: run the server's Python with numpy < 2, or build "
+                    "the model with tritonfleet, whose runtime crosses through DLPack there"
                 )
             out[name] = array
         return out

@@ -57,6 +57,7 @@ def member_files(plan: ModelPlan, artifact: Artifact, stats: VariantStats | None
         record["calibration"] = artifact.calibration
     if target == "local":
         files["model.py"] = runtime.ONNX_RUNNER
+        files[runtime.SERVING.name] = runtime.SERVING
     return files, record
 
 
