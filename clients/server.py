@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -283,22 +284,23 @@ class TritonServer:
         return env
 
     def _wait_ready(self) -> None:
-        import tritonclient.http as httpclient
-
+        # Triton's HTTP health endpoint with the standard library: tritonclient's HTTP client needs
+        # gevent, which a GPU host that got only the pure-Python tritonclient wheel does not have
         deadline = time.monotonic() + self.startup_timeout
-        with httpclient.InferenceServerClient(self.url("http"), connection_timeout=2.0, network_timeout=2.0) as c:
-            while time.monotonic() < deadline:
-                if self._process.poll() is not None:
-                    raise ServerError(
-                        f"tritonserver exited with code {self._process.returncode} while starting "
-                        f"(full log: {self.log_path}):\n{self.failure_summary()}"
-                    )
-                try:
-                    if c.is_server_ready():
+        ready = f"http://{self.url('http')}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise ServerError(
+                    f"tritonserver exited with code {self._process.returncode} while starting "
+                    f"(full log: {self.log_path}):\n{self.failure_summary()}"
+                )
+            try:
+                with urllib.request.urlopen(ready, timeout=2.0) as response:
+                    if response.status == 200:
                         return
-                except Exception:
-                    pass
-                time.sleep(0.25)
+            except OSError:  # refused while starting, 400 while models load, timeouts
+                pass
+            time.sleep(0.25)
         raise ServerError(
             f"tritonserver was not ready after {self.startup_timeout:.0f}s (full log: "
             f"{self.log_path}):\n{self.failure_summary()}"
