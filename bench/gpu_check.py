@@ -110,12 +110,14 @@ def torch_variants(model, device: str, compile_model: bool) -> dict[str, object]
 class OrtRunner:
     """onnxruntime with IOBinding: the input is copied to the device once, outputs stay there."""
 
-    def __init__(self, path: Path, x: np.ndarray, device: str):
+    def __init__(self, path: Path, x: np.ndarray, device: str, threads: int = 0):
         import onnxruntime as ort
 
         cuda = device == "cuda"
         provider = "CUDAExecutionProvider" if cuda else "CPUExecutionProvider"
-        self.session = ort.InferenceSession(str(path), providers=[provider])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=[provider])
         self.binding = self.session.io_binding()
         where = ("cuda", 0) if cuda else ("cpu", 0)
         self.x = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x), *where)
@@ -201,7 +203,7 @@ def in_process(args, model, repo: Path, device: str, batches, side: int, torchsc
             if isinstance(value, str):
                 continue
             try:
-                steps[name], outputs[name] = make_step(value, x, x_host, batch, device, repo)
+                steps[name], outputs[name] = make_step(value, x, x_host, batch, device, repo, args.threads)
             except Exception as exc:  # a runtime that cannot run here is reported, the others go on
                 rows.append({"runtime": name, "batch": batch, "skipped": f"{type(exc).__name__}: {exc}"[:300]})
         reference[batch] = outputs["torch eager fp32"]
@@ -221,12 +223,12 @@ def in_process(args, model, repo: Path, device: str, batches, side: int, torchsc
     return rows
 
 
-def make_step(value, x, x_host: np.ndarray, batch: int, device: str, repo: Path):
+def make_step(value, x, x_host: np.ndarray, batch: int, device: str, repo: Path, threads: int = 0):
     """(step, output as numpy) of one runtime on one device-resident batch."""
     import torch
 
     if value[0] == "onnx":
-        runner = OrtRunner(value[1], x_host, device)
+        runner = OrtRunner(value[1], x_host, device, threads)
         return runner.step, runner.output()
     if value[0] == "trt":
         from tritonfleet.builder.spec.options import BatchProfile
@@ -263,7 +265,7 @@ def images(batch: int, side: int, seed: int = 0) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- build and serve
-def build_repository(work: Path, device: str, arch: str, side: int, classes: int, max_batch: int):
+def build_repository(work: Path, device: str, arch: str, side: int, classes: int, max_batch: int, threads: int):
     """Random weights -> checkpoint -> spec -> `tritonfleet build` (TorchScript members served)."""
     import torch
     import yaml
@@ -281,7 +283,7 @@ def build_repository(work: Path, device: str, arch: str, side: int, classes: int
     spec = {
         "name": "resnet_check", "target": "local", "output_dir": str(work / "repository"),
         "serving": {"max_batch_size": max_batch, "instances": 1, "device": "gpu" if device == "cuda" else "cpu",
-                    "dynamic_batching": {"enabled": False}, "onnxruntime_threads": 0},
+                    "dynamic_batching": {"enabled": False}, "onnxruntime_threads": threads},
         "members": [{
             "name": "resnet_check_member",
             "model": {"architecture": f"{RESNET_FILE}:{arch}", "kwargs": {"num_classes": classes},
@@ -426,12 +428,18 @@ def parse(argv):
     parser.add_argument("--warmup", type=float, default=None, help="load generator warm-up seconds (0.5 / 1)")
     parser.add_argument("--window", type=float, default=None, help="load generator window seconds (0.5 / 1)")
     parser.add_argument("--max-windows", type=int, default=8, help="load generator windows at most (stability rule)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op CPU threads of every runtime, in-process and served (default 1 on CPU: "
+                             "on a shared box torch's spinning OpenMP threads can be 100x slower than one; "
+                             "0 on CUDA: the libraries decide)")
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: compile, onnxruntime, served")
     parser.add_argument("--from-json", type=Path, default=None, help="render (and --record) a run saved with --json")
     args = parser.parse_args(argv)
     for name in ("seconds", "warmup", "window"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name} must be > 0")
+    if args.threads is not None and args.threads < 0:
+        parser.error("--threads must be >= 0")
     for name in ("rounds", "concurrency", "max_windows"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -464,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("seconds", "warmup", "window"):  # a GPU does many batches in half a second
         if getattr(args, name) is None:
             setattr(args, name, 0.5 if device == "cuda" else 1.0)
+    if args.threads is None:
+        args.threads = 0 if device == "cuda" else 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")] if args.batches else list(default_batches)
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -473,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(tmp)
-        model, result = build_repository(work, device, arch, side, classes, max(batches))
+        model, result = build_repository(work, device, arch, side, classes, max(batches), args.threads)
         model = model.to(device)
         repo = result.repository
         torchscript = {p.precision: repo / p.config.name / "1" / "model.pt" for p in result.models
@@ -492,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"device: {device} ({gpu}); model: {arch} ({side}x{side} uint8 inputs, {classes} classes, random weights); "
               f"torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}; "
               f"{args.rounds} alternating rounds, {args.seconds:g}s in-process per round; "
+              f"{args.threads or 'default'} CPU thread(s) per runtime; "
               f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}")
     data = {"header": header, "device": device, "concurrency": args.concurrency, "batches": batches,
             "in_process": rows, "served": served_rows, "problems": problems, "notes": notes}
