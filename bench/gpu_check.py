@@ -25,12 +25,13 @@ network, at most 64 MiB carried). Here, once, in the repository root:
 
     echo /.whl/ >> .git/info/exclude
     D="python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp -d .whl"
-    $D --platform manylinux_2_35_x86_64 --platform manylinux_2_17_x86_64 nvidia-pytriton==0.7.0 pydantic-core==2.46.5
+    $D --platform manylinux_2_35_x86_64 nvidia-pytriton==0.7.0
+    $D --platform manylinux_2_17_x86_64 pydantic-core==2.46.5 python-rapidjson==1.20
     $D --platform any tritonclient==2.51.0 pydantic==2.13.5 annotated-types==0.8.0 typing-inspection==0.4.4
 
-(nvidia-pytriton ~55 MB is the server; the rest, ~3 MB, is what the image lacks for the project's
-builder and clients: the pure-Python tritonclient, pydantic.) Then the device tool's `run` with
-carry [".whl"], timeout_s 600, command:
+(57 MB: nvidia-pytriton, 55 MB, is the server; the rest is what the image lacks for the
+project's builder and clients: the pure-Python tritonclient, the rapidjson it imports,
+pydantic.) Then the device tool's `run` with carry [".whl"], timeout_s 600, command:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
     export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 &&
@@ -457,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         publish(__file__, render(data), data, args, argv, "gpu_check", "The GPU path, in-process and served (bench/gpu_check.py)")
         return 1 if data["problems"] else 0
     import_project_from_clone()
-    missing = [m for m in ("torch", "tritonclient", "pydantic", "pytriton", "yaml", "onnx", "onnxruntime")
+    missing = [m for m in ("torch", "tritonclient", "rapidjson", "pydantic", "pytriton", "yaml", "onnx", "onnxruntime")
                if importlib.util.find_spec(m) is None]
     if missing:
         print(f"error: missing Python packages: {', '.join(missing)}; see the GPU recipe in --help", file=sys.stderr)
