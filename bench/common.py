@@ -13,6 +13,27 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 BENCHMARKS = ROOT / "docs" / "BENCHMARKS.md"
+
+
+def import_project_from_clone() -> None:
+    """Make ``tritonfleet`` importable from this clone when it is not installed (a GPU host that got
+    the repository and a few wheels, no network to ``pip install -e .``): a ``tritonfleet`` package
+    whose subpackages are this clone's folders, as pyproject's package-dir maps them."""
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("tritonfleet") is not None:
+        return
+    package = types.ModuleType("tritonfleet")
+    package.__path__ = []
+    sys.modules["tritonfleet"] = package
+    for name, folder in (("builder", "builder"), ("clients", "clients"), ("examples", "examples")):
+        spec = importlib.util.spec_from_file_location(f"tritonfleet.{name}", ROOT / folder / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT / folder)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        setattr(package, name, module)
 SPEC_DIR = ROOT / "ensemble_configs"  # the clone is the examples' workdir (tritonfleet.examples.workdir)
 
 

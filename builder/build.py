@@ -11,6 +11,8 @@ commits it only when every required step passed:
 * per model: top-1 accuracy and in-process speed of every variant;
 * per variant, with ``tensorrt.engines`` on the ngc target: a TensorRT engine (optional;
   skipped with one message when TensorRT is absent);
+* per fp32/fp16 variant, with ``formats.variants: [onnx, torchscript]``: a TorchScript file
+  traced from the same model, checked against PyTorch like the ONNX (fp32 required);
 * the served variant of each member (fixed, or ``auto`` within an accuracy budget);
 * fusion parameters fitted on the validation split (auto weights, stacking);
 * write every model, the fusion step, the ensemble (or BLS pipeline) and manifest.json.
@@ -41,9 +43,11 @@ from tritonfleet.builder.repository.plan import (
     ONNX_FILE,
     PLAN_FILE,
     TARGETS,
+    TORCHSCRIPT_FILE,
     ExternalModel,
     ModelPlan,
     plan_pipeline,
+    torch_precisions,
     variant_name,
 )
 from tritonfleet.builder.repository.records import (
@@ -68,6 +72,7 @@ from tritonfleet.builder.stages.onnx2int8 import QuantizeInt8
 from tritonfleet.builder.stages.onnx2trt import INSTALL_HINT, BuildEngine, engine_record, run_engine, tensorrt_version
 from tritonfleet.builder.stages.parity import ParityRecord, compare_outputs, merge_records, run_onnx, run_torch
 from tritonfleet.builder.stages.torch2onnx import ExportOnnx
+from tritonfleet.builder.stages.torch2torchscript import ExportTorchScript, run_torchscript
 from tritonfleet.builder.stages.variants import (
     Selection,
     VariantStats,
@@ -91,12 +96,17 @@ class MemberBuild:
     where: str                                   # its place in the spec, for error messages
     onnx: dict[str, Artifact] = field(default_factory=dict)     # precision -> ONNX variant
     engines: dict[str, Artifact] = field(default_factory=dict)  # precision -> TensorRT engine
+    torch: dict[str, Artifact] = field(default_factory=dict)    # precision -> TorchScript file
     stats: list[VariantStats] = field(default_factory=list)
     selection: Selection | None = None
 
     @property
     def parity(self) -> list[ParityRecord]:
-        return [r for a in (*self.onnx.values(), *self.engines.values()) for r in a.parity]
+        return [r for a in (*self.onnx.values(), *self.engines.values(), *self.torch.values()) for r in a.parity]
+
+    def artifacts(self, fmt: ArtifactFormat) -> dict[str, Artifact]:
+        """precision -> artifact of one format."""
+        return {ArtifactFormat.PLAN: self.engines, ArtifactFormat.TORCHSCRIPT: self.torch}.get(fmt, self.onnx)
 
 
 @dataclass
@@ -212,8 +222,7 @@ class Built:
 
     def apply(self, state: BuildState) -> None:
         build = state.members[self.artifact.member]
-        table = build.engines if self.artifact.format == ArtifactFormat.PLAN else build.onnx
-        table[self.artifact.precision] = self.artifact
+        build.artifacts(self.artifact.format)[self.artifact.precision] = self.artifact
 
 
 @dataclass(frozen=True)
@@ -401,6 +410,29 @@ class Engine(BuildStep[BuildState]):
         return Built(Artifact(m.name, precision, ArtifactFormat.PLAN, path, [record], engine=engine_record(profile)))
 
 
+@dataclass
+class TorchScript(BuildStep[BuildState]):
+    """A TorchScript file traced from the member's PyTorch model, reloaded from disk and checked
+    against the model's fp32 outputs with the precision's tolerances."""
+
+    member: MemberSpec
+    precision: str
+    required: bool = False
+
+    def __post_init__(self):
+        self.name = f"torchscript {self.member.name} {self.precision}"
+
+    def run(self, state: BuildState):
+        m, precision = self.member, self.precision
+        sample = state.inputs_for(m, "parity")
+        path = ExportTorchScript(state.torch_model(m), [x[: max(2, min(len(x), 8))] for x in sample], m.inputs,
+                                 m.outputs, state.work / m.name / f"torchscript-{precision}" / TORCHSCRIPT_FILE,
+                                 precision, name=m.name, keep_debug_info=state.spec.export.keep_debug_info)()
+        actual = run_torchscript(path, sample, [t.name for t in m.outputs])
+        record = state.check(m, precision, path, "torchscript-cpu", actual=actual)
+        return Built(Artifact(m.name, precision, ArtifactFormat.TORCHSCRIPT, path, [record]))
+
+
 class Skip(BuildStep[BuildState]):
     """A step that only reports why something is not built (once, not per model)."""
 
@@ -468,8 +500,9 @@ class Write(BuildStep[BuildState]):
         built = {n: [s.precision for s in b.stats] for n, b in members.items()}
         served = {n: b.selection.precision for n, b in members.items() if b.selection}
         engines = {n: list(b.engines) for n, b in members.items() if b.engines}
+        torchscript = {n: list(b.torch) for n, b in members.items()}
         fitted = {k: v for k, v in state.fitted.items() if k in ("weights", "coef", "intercept")}
-        plans = plan_pipeline(state.spec, state.target, built, served, engines, fitted, state.external)
+        plans = plan_pipeline(state.spec, state.target, built, served, engines, fitted, state.external, torchscript)
         check_graph(plans)
         selections = {n: b.selection for n, b in members.items() if b.selection}
         for plan in plans:
@@ -483,8 +516,9 @@ class Write(BuildStep[BuildState]):
                 files, record = pipeline_files(state.spec.fusion.type, selections)
             else:
                 build = members[plan.member]
-                table = build.engines if plan.format == ArtifactFormat.PLAN else build.onnx
-                stats = next((s for s in build.stats if s.precision == plan.precision), None)
+                table = build.artifacts(plan.format)
+                stats = next((s for s in build.stats if s.precision == plan.precision), None) \
+                    if plan.format == ArtifactFormat.ONNX else None
                 files, record = member_files(plan, table[plan.precision], stats, state.target)
             self.writer.add_model(plan, files, record=record)
         return Planned(plans)
@@ -525,6 +559,7 @@ class BuildResult:
     actions: dict[str, tuple[str, int]] = field(default_factory=dict)  # model -> (new|unchanged|config|version, n)
     recovered: str | None = None  # what happened to a commit a crash had interrupted
     failed_variants: list[FailedVariant] = field(default_factory=list)
+    served_format: ArtifactFormat = ArtifactFormat.ONNX  # the artifact format the pipeline's member steps call
 
     @property
     def missing_required(self) -> list[FailedVariant]:
@@ -586,7 +621,7 @@ def build(
     return BuildResult(repo, spec.name, target, state.plans,
                        {n: b.parity for n, b in members.items()}, {n: b.stats for n, b in members.items()},
                        {n: b.selection for n, b in members.items() if b.selection}, state.fitted, results, removed,
-                       writer.actions, recovered, failed)
+                       writer.actions, recovered, failed, ArtifactFormat(spec.formats.serve))
 
 
 def plan_steps(state: BuildState, manifest: dict[str, Any], writer: RepositoryWriter) -> list[BuildStep]:
@@ -600,22 +635,34 @@ def plan_steps(state: BuildState, manifest: dict[str, Any], writer: RepositoryWr
             p: r for p in precisions if (r := reusable_record(manifest, writer.repo, m, p, state.keys.key(m, p)))}
         if len(records) == len(precisions):
             steps.append(ReuseMember(m, records))
+            steps += torch_steps(spec, m)
             continue
         steps.append(Export(m, records.get("fp32")))
         for precision in precisions[1:]:
             steps.append(ReuseVariant(m, precision, records[precision]) if precision in records
                          else LowerPrecision(m, precision))
         steps.append(Measure(m))
+        steps += torch_steps(spec, m)
         if engines is True:
             steps += [Engine(m, precision) for precision in precisions]
     if isinstance(engines, str):
         steps.append(Skip("tensorrt engines", engines))
+    if spec.formats.torchscript and any("int8" in spec.precisions_of(m) for _, m in _models(spec)):
+        steps.append(Skip("torchscript int8", "TorchScript variants are fp32 and fp16; int8 is served as "
+                                              "ONNX Q/DQ (onnxruntime, TensorRT)"))
     steps.append(Select())
     f = spec.fusion
     if f.type == "stacking" or (f.type == "weighted_mean" and f.weights == "auto"):
         steps.append(FitFusion(f.type))
     steps.append(Write(writer))
     return steps
+
+
+def torch_steps(spec: PipelineSpec, m: MemberSpec) -> list[BuildStep]:
+    """TorchScript variants of a member; fp32 is required (the spec asked for the format), and
+    so is the precision the pipeline serves when it serves TorchScript."""
+    served = spec.precision.serve if spec.formats.serve == "torchscript" else None
+    return [TorchScript(m, p, required=p in ("fp32", served)) for p in torch_precisions(spec, m)]
 
 
 def _models(spec: PipelineSpec):

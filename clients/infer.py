@@ -4,7 +4,9 @@ A thin layer over ``tritonclient`` that knows the model's signature, splits larg
 into batches the model accepts, checks that every output came back with the request's
 batch size (an empty tensor is what the Python backend returns when its interpreter has
 numpy >= 2), retries idempotent inference on transient errors, and turns server errors
-into :class:`ServerError` naming the model.
+into :class:`ServerError` naming the model. With ``shared_memory="system"`` or ``"cuda"``
+inputs and outputs travel through registered shared-memory regions (:mod:`.shm`) instead of
+the request and response messages.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from tritonfleet.clients.errors import ServerError, UsageError
 from tritonfleet.clients.metadata import ModelMetadata, explain
+from tritonfleet.clients.shm import SharedMemoryPool, check_kind, output_bytes
 
 # Errors worth retrying: the server or a model is (re)starting. "no available versions" is a
 # model being reloaded (e.g. by the supervisor after its stub died).
@@ -28,12 +31,15 @@ class TritonClient:
     """``with TritonClient("127.0.0.1:8001") as c: c.infer("digits", x)``."""
 
     def __init__(self, url: str, protocol: Literal["grpc", "http"] = "grpc", timeout: float = 60.0,
-                 retries: int = 0, backoff: float = 0.2):
+                 retries: int = 0, backoff: float = 0.2, shared_memory: str = "none", device_id: int = 0):
         self.url = url
         self.protocol = protocol
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.shared_memory = check_kind(shared_memory)
+        self.device_id = device_id  # the GPU of CUDA shared-memory regions
+        self._shm: SharedMemoryPool | None = None
         if protocol == "grpc":
             import tritonclient.grpc as module
             self._client = module.InferenceServerClient(url)
@@ -54,6 +60,9 @@ class TritonClient:
         self.close()
 
     def close(self) -> None:
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
         self._client.close()
 
     # ------------------------------------------------------------------ server state
@@ -116,8 +125,12 @@ class TritonClient:
             if 0 in sizes.values():
                 raise ServerError(f"model '{model}': empty batch ({sizes} samples); send at least one sample")
         wanted = list(outputs) if outputs else [t.name for t in meta.outputs]
-        request = [infer_input(self._module, name, array) for name, array in named.items()]
-        requested = [self._module.InferRequestedOutput(n) for n in wanted]
+        batch = len(next(iter(named.values()))) if meta.max_batch_size > 0 else None
+        if self.shared_memory == "none":
+            request = [infer_input(self._module, name, array) for name, array in named.items()]
+            requested = [self._module.InferRequestedOutput(n) for n in wanted]
+        else:
+            request, requested = self._shared_memory_request(meta, named, wanted, batch)
 
         attempt = 0
         while True:
@@ -132,15 +145,20 @@ class TritonClient:
                     continue
                 raise ServerError(explain(model, self.url, message)) from None
 
-        batch = len(next(iter(named.values()))) if meta.max_batch_size > 0 else None
         out = {}
         for name in wanted:
-            array = result.as_numpy(name)
-            if array is None or (batch and (array.ndim == 0 or array.shape[0] != batch)):
+            try:
+                array = result.as_numpy(name) if self.shared_memory == "none" else \
+                    self._shared_memory_output(result, name)
                 got = "nothing" if array is None else f"shape {list(array.shape)}"
+            except ValueError:  # tritonclient: the data does not fill the declared shape (0 bytes)
+                array, got = None, "an empty tensor"
+            if array is None or (batch and (array.ndim == 0 or array.shape[0] != batch)):
                 raise ServerError(
-                    f"model '{model}' returned {got} for output '{name}' on a batch of {batch}; "
-                    "if it is a Python-backend model, the server's Python must have numpy < 2"
+                    f"model '{model}' returned {got} for output '{name}' on a batch of {batch}; if it is a "
+                    "Python-backend model that hands numpy arrays to pb_utils.Tensor, its stub (built for numpy < 2, "
+                    "as tritonserver 2.51's is) misreads numpy 2: run the server's Python with numpy < 2, or build "
+                    "the model with tritonfleet, whose runtime crosses through DLPack there"
                 )
             out[name] = array
         return out
@@ -156,6 +174,43 @@ class TritonClient:
             raise ServerError(f"batch_size {size} exceeds model '{model}' max_batch_size {meta.max_batch_size}")
         parts = [self.infer(model, {k: v[s:s + size] for k, v in named.items()}, outputs) for s in range(0, n, size)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    # ------------------------------------------------------------------ shared memory
+    def _shared_memory_request(self, meta: ModelMetadata, named: Mapping[str, np.ndarray], wanted: Sequence[str],
+                               batch: int | None):
+        """Inputs written into (and outputs requested into) this client's registered regions."""
+        if self._shm is None:
+            self._shm = SharedMemoryPool(self._client, self.shared_memory, self.device_id)
+        from tritonclient.utils import np_to_triton_dtype
+
+        request = []
+        for name, array in named.items():
+            array = np.ascontiguousarray(array)
+            region = self._shm.region(f"in:{name}", array.nbytes)
+            region.write(array)
+            tensor = self._module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_shared_memory(region.name, array.nbytes, region.offset)
+            request.append(tensor)
+        requested = []
+        by_name = {t.name: t for t in meta.outputs}
+        for name in wanted:
+            nbytes = output_bytes(by_name[name], batch)
+            region = self._shm.region(f"out:{name}", nbytes)
+            output = self._module.InferRequestedOutput(name)
+            output.set_shared_memory(region.name, nbytes, region.offset)
+            requested.append(output)
+        return request, requested
+
+    def _shared_memory_output(self, result, name: str) -> np.ndarray | None:
+        from tritonclient.utils import triton_to_np_dtype
+
+        tensor = result.get_output(name)
+        if tensor is None:
+            return None
+        shape, datatype = (tensor["shape"], tensor["datatype"]) if isinstance(tensor, dict) else \
+            (list(tensor.shape), tensor.datatype)
+        region = self._shm.regions[f"out:{name}"]
+        return region.read(np.dtype(triton_to_np_dtype(datatype)), [int(d) for d in shape])
 
     # ------------------------------------------------------------------ helpers
     def _name_inputs(self, meta: ModelMetadata, inputs) -> dict[str, np.ndarray]:

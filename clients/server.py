@@ -3,8 +3,9 @@
 After PyTriton's ``TritonServer``: the server gets a private backend folder (the Python
 backend plus the stub built for *this* interpreter, so site-packages is never modified),
 binds 127.0.0.1 on free ports unless told otherwise, writes its log to a file, and the
-Python stub runs this interpreter (its ``bin`` goes first on ``PATH``), so models import
-the same numpy/onnxruntime as the caller. Use it as a context manager::
+Python stub runs this interpreter (its ``bin`` goes first on ``PATH``; ``python=`` names
+another), so models import the same numpy/onnxruntime as the caller. The stub's embedded
+Python ignores ``PYTHONPATH``: to change what it imports, give it another interpreter. Use it as a context manager::
 
     with TritonServer("model_repository") as server:
         client = server.client("grpc")
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -44,16 +46,19 @@ class TritonDistribution:
 
     @classmethod
     def locate(cls) -> TritonDistribution:
-        try:
-            import pytriton  # noqa: F401
-            from pytriton.utils.distribution import get_libs_path, get_root_module_path
-        except ImportError:
-            raise MissingDependencyError(f"the local Triton server needs nvidia-pytriton; {INSTALL_HINT}") from None
-        root = get_root_module_path() / "tritonserver"
-        # pytriton guesses "editable install" when its package is not under a site dir (e.g. installed with
-        # pip --target and put on PYTHONPATH) and then looks in the wrong place: take the folder that exists.
-        candidates = [get_libs_path(), root.parent.parent / "nvidia_pytriton.libs", root / "external_libs"]
-        libs = next((c for c in candidates if Path(c).is_dir()), get_libs_path())
+        # found, not imported: importing pytriton pulls in its client stack (zmq, typer, ...), which
+        # a GPU host that got only the wheel (pip install --no-deps) does not have; only files are needed
+        import importlib.util
+
+        spec = importlib.util.find_spec("pytriton")
+        if spec is None or not spec.submodule_search_locations:
+            raise MissingDependencyError(f"the local Triton server needs nvidia-pytriton; {INSTALL_HINT}")
+        package = Path(next(iter(spec.submodule_search_locations)))
+        root = package / "tritonserver"
+        # installed: the wheel's libraries sit beside the package (nvidia_pytriton.libs); a source
+        # checkout keeps them in tritonserver/external_libs: take the folder that exists
+        candidates = [package.parent / "nvidia_pytriton.libs", root / "external_libs"]
+        libs = next((c for c in candidates if c.is_dir()), candidates[0])
         dist = cls(root / "bin" / "tritonserver", root / "backends", root / "python_backend_stubs", Path(libs))
         if not dist.binary.is_file():
             raise MissingDependencyError(f"tritonserver binary not found at {dist.binary}; {INSTALL_HINT}")
@@ -133,7 +138,8 @@ class TritonServer:
                  grpc_port: int = 0, metrics_port: int = 0, log_path: str | Path | None = None,
                  model_control_mode: Literal["none", "poll", "explicit"] = "none",
                  startup_timeout: float = 180.0, extra_args: list[str] | None = None,
-                 cpus: set[int] | None = None, supervise: bool = False):
+                 cpus: set[int] | None = None, supervise: bool = False, env: dict[str, str] | None = None,
+                 python: str | Path | None = None):
         repository = Path(repository).resolve()
         if not repository.is_dir():
             raise ServerError(f"model repository not found: {repository}; build one with 'tritonfleet build SPEC'")
@@ -147,6 +153,10 @@ class TritonServer:
         if supervise and model_control_mode != "explicit":
             raise ServerError("supervise=True reloads models itself and needs model_control_mode='explicit'")
         self.supervise = supervise
+        self.env = dict(env or {})  # extra environment of the server and its stubs
+        # the interpreter the Python-backend stubs run (its folder goes first on PATH; the stubs'
+        # embedded Python ignores PYTHONPATH): another venv, e.g. one with numpy 2 or a CUDA torch
+        self.python = Path(python) if python else Path(sys.executable)
         self.supervisor = None
         self._process: subprocess.Popen | None = None
         self._workdir: Path | None = None
@@ -261,32 +271,36 @@ class TritonServer:
         backends = self._workdir / "backends"
         shutil.copytree(dist.backends, backends, ignore=shutil.ignore_patterns("__pycache__"))
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        if self.python != Path(sys.executable):
+            version = subprocess.run([str(self.python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                     capture_output=True, text=True, check=True).stdout.strip()
         shutil.copy2(dist.stub_for(version), backends / "python" / "triton_python_backend_stub")
         return backends
 
     def _environment(self, dist: TritonDistribution) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(dist.libs), env.get("LD_LIBRARY_PATH")) if p)
-        env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p)
+        env["PATH"] = os.pathsep.join(p for p in (str(self.python.parent), env.get("PATH")) if p)
         return env
 
     def _wait_ready(self) -> None:
-        import tritonclient.http as httpclient
-
+        # Triton's HTTP health endpoint with the standard library: tritonclient's HTTP client needs
+        # gevent, which a GPU host that got only the pure-Python tritonclient wheel does not have
         deadline = time.monotonic() + self.startup_timeout
-        with httpclient.InferenceServerClient(self.url("http"), connection_timeout=2.0, network_timeout=2.0) as c:
-            while time.monotonic() < deadline:
-                if self._process.poll() is not None:
-                    raise ServerError(
-                        f"tritonserver exited with code {self._process.returncode} while starting "
-                        f"(full log: {self.log_path}):\n{self.failure_summary()}"
-                    )
-                try:
-                    if c.is_server_ready():
+        ready = f"http://{self.url('http')}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise ServerError(
+                    f"tritonserver exited with code {self._process.returncode} while starting "
+                    f"(full log: {self.log_path}):\n{self.failure_summary()}"
+                )
+            try:
+                with urllib.request.urlopen(ready, timeout=2.0) as response:
+                    if response.status == 200:
                         return
-                except Exception:
-                    pass
-                time.sleep(0.25)
+            except OSError:  # refused while starting, 400 while models load, timeouts
+                pass
+            time.sleep(0.25)
         raise ServerError(
             f"tritonserver was not ready after {self.startup_timeout:.0f}s (full log: "
             f"{self.log_path}):\n{self.failure_summary()}"

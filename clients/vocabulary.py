@@ -26,6 +26,7 @@ class ArtifactFormat(_Word):
 
     ONNX = "onnx"          # model.onnx: onnxruntime (ngc) or the Python-backend onnxruntime runner (local)
     PLAN = "plan"          # model.plan: a TensorRT engine (ngc)
+    TORCHSCRIPT = "torchscript"  # model.pt: Triton's PyTorch backend (ngc) or the Python-backend torch runner (local)
     FUSION = "python"      # a Python-backend fusion step (model.py + ops.py)
     ENSEMBLE = "ensemble"  # platform: ensemble (no files)
     BLS = "bls"            # a Python-backend pipeline that calls other models (cascade, route)

@@ -82,12 +82,14 @@ def test_version_folders_hold_self_contained_artifacts(local_build, ngc_build):
         for name in ("cnn_small_a", "cnn_large"):
             # __pycache__ is the Python-backend stub's, written when a server imports model.py
             files = sorted(p.name for p in (repo / name / "1").iterdir() if p.name != "__pycache__")
-            assert files == (["model.onnx", "model.py"] if result.target == "local" else ["model.onnx"])
+            local = ["model.onnx", "model.py", runtime.SERVING.name]  # the runner and its tensor helpers
+            assert files == (local if result.target == "local" else ["model.onnx"])
         assert (repo / "digits" / "1").is_dir() and not any((repo / "digits" / "1").iterdir())
     repo = local_build[1].repository
     assert (repo / "digits_fusion" / "1" / "ops.py").read_bytes() == runtime.OPS.read_bytes()
     assert (repo / "digits_fusion" / "1" / runtime.SERVING.name).read_bytes() == runtime.SERVING.read_bytes()
     assert (repo / "cnn_small_a" / "1" / "model.py").read_bytes() == runtime.ONNX_RUNNER.read_bytes()
+    assert (repo / "cnn_small_a" / "1" / runtime.SERVING.name).read_bytes() == runtime.SERVING.read_bytes()
 
 
 def test_manifest_records_hashes_parity_and_tools(local_build):

@@ -35,6 +35,10 @@ def register(sub) -> None:
                         help="with --serve auto: top-1 points a variant may lose vs fp32")
     parser.add_argument("--engines", action="store_true",
                         help="also build TensorRT engines (target ngc, needs tensorrt and a GPU)")
+    parser.add_argument("--torchscript", action="store_true",
+                        help="also build TorchScript members (fp32/fp16; formats.variants: [onnx, torchscript])")
+    parser.add_argument("--serve-format", choices=("onnx", "torchscript"), default=None,
+                        help="the format the ensemble's member steps call (default: the spec's formats.serve)")
     add_progress_arg(parser)
     parser.set_defaults(run=run)
 
@@ -53,6 +57,10 @@ def apply_overrides(spec, args: argparse.Namespace):
                               for m in getattr(spec, group)]
     if args.engines:
         changes["tensorrt"] = {"engines": True}
+    formats = {k: v for k, v in (("variants", ["onnx", "torchscript"] if args.torchscript else None),
+                                 ("serve", args.serve_format)) if v is not None}
+    if formats:
+        changes["formats"] = formats
     return with_overrides(spec, changes) if changes else spec
 
 
@@ -76,6 +84,7 @@ def print_build(result) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from tritonfleet.builder.repository.plan import variant_name
     from tritonfleet.clients.evaluation.accuracy import drop_points
     from tritonfleet.clients.vocabulary import ArtifactFormat
 
@@ -87,15 +96,16 @@ def print_build(result) -> None:
         table.add_column(col, justify="left" if col in ("model", "kind", "prec") else "right", no_wrap=col == "model")
     for plan in result.models:
         stats = {s.precision: s for s in result.variants.get(plan.member or "", [])}
-        engine = plan.format == ArtifactFormat.PLAN
         own = stats.get(plan.precision) if plan.format == ArtifactFormat.ONNX else None
-        runtime = "tensorrt" if engine else "onnxruntime-cpu"
+        runtime = {ArtifactFormat.PLAN: "tensorrt", ArtifactFormat.TORCHSCRIPT: "torchscript-cpu"}.get(
+            plan.format, "onnxruntime-cpu")
         rec = next((r for r in result.parity.get(plan.member or "", [])
                     if r.precision == plan.precision and r.runtime == runtime), None)
         base = stats.get("fp32")
         selection = result.selections.get(plan.member or "")
-        served = plan.format == ArtifactFormat.ONNX and selection is not None and selection.precision == plan.precision
-        prec = (plan.precision or "-") + (" trt" if engine else "")
+        served = (selection is not None and selection.precision == plan.precision and plan.member is not None
+                  and plan.config.name == variant_name(plan.member, plan.precision, result.served_format))
+        prec = (plan.precision or "-") + {ArtifactFormat.PLAN: " trt", ArtifactFormat.TORCHSCRIPT: " ts"}.get(plan.format, "")
         table.add_row(
             plan.config.name, plan.kind, prec,
             fmt(rec.max_abs_error if rec else None, ".2e"),

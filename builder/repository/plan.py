@@ -15,8 +15,13 @@ The pipeline models are identical for both targets; only the member models diffe
   engines when they were built;
 * ``local``: ``backend: "python"`` running the same ``model.onnx`` with onnxruntime.
 
+With ``formats.variants: [onnx, torchscript]`` every member also gets TorchScript models
+(:func:`torch_config`): ``platform: "pytorch_libtorch"`` on ngc, a Python-backend torch
+runner on local.
+
 Every precision variant is its own model (``cnn_a``, ``cnn_a_fp16``, ``cnn_a_int8``,
-``cnn_a_trt_fp16``); the pipeline calls the one each member serves.
+``cnn_a_trt_fp16``, ``cnn_a_ts``, ``cnn_a_ts_fp16``); the pipeline calls the one each member
+serves, in ``formats.serve``.
 """
 
 from __future__ import annotations
@@ -26,14 +31,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tritonfleet.builder.errors import SpecError
 from tritonfleet.builder.repository.config import DynamicBatchingConfig, EnsembleStep, ModelConfig, TensorConfig
 from tritonfleet.builder.spec import MemberSpec, PipelineSpec, TensorSpec
 from tritonfleet.builder.spec.axes import merge_checks
+from tritonfleet.builder.spec.formats import TORCH_PRECISIONS
 from tritonfleet.clients.vocabulary import ArtifactFormat, ModelKind
 
 TARGETS = ("local", "ngc")
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
+TORCHSCRIPT_FILE = "model.pt"  # the name Triton's PyTorch backend loads by default
 TRT_PRECISION_MODE = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
 
 
@@ -56,10 +64,13 @@ class ExternalModel:
 
 
 def variant_name(member: MemberSpec | str, precision: str, fmt: ArtifactFormat = ArtifactFormat.ONNX) -> str:
-    """Model name of a variant: ``cnn_a`` (fp32), ``cnn_a_fp16``, ``cnn_a_int8``, ``cnn_a_trt_fp16``."""
+    """Model name of a variant: ``cnn_a`` (fp32), ``cnn_a_fp16``, ``cnn_a_int8``, ``cnn_a_trt_fp16``,
+    ``cnn_a_ts`` (TorchScript fp32), ``cnn_a_ts_fp16``."""
     name = member if isinstance(member, str) else member.name
     if fmt == ArtifactFormat.PLAN:
         return f"{name}_trt_{precision}"
+    if fmt == ArtifactFormat.TORCHSCRIPT:
+        return f"{name}_ts" if precision == "fp32" else f"{name}_ts_{precision}"
     return name if precision == "fp32" else f"{name}_{precision}"
 
 
@@ -122,6 +133,51 @@ def engine_config(spec: PipelineSpec, member: MemberSpec, precision: str) -> Mod
         inputs=_tensors(member.inputs), outputs=_tensors(member.outputs), max_batch_size=profile.max,
         instance_count=spec.instances_of(member), instance_kind="KIND_GPU", dynamic_batching=_batching(spec),
     )
+
+
+def torch_config(spec: PipelineSpec, member: MemberSpec, target: str, precision: str) -> ModelConfig:
+    """A TorchScript member. ngc: Triton's PyTorch backend, whose inputs and outputs are named
+    as in the spec and listed in ``forward``'s order (its "strict config ordering"; names with
+    ``__`` are refused by the spec). local: the Python-backend torch runner (DLPack in and out,
+    CUDA when the device is gpu and torch sees one)."""
+    device = spec.device_for(target)
+    threads = spec.serving.onnxruntime_threads
+    common = dict(
+        name=variant_name(member, precision, ArtifactFormat.TORCHSCRIPT), inputs=_tensors(member.inputs),
+        outputs=_tensors(member.outputs), max_batch_size=spec.max_batch_size_of(member),
+        instance_count=spec.instances_of(member), instance_kind=_instance_kind(spec, target),
+        dynamic_batching=_batching(spec),
+    )
+    if target == "ngc":
+        parameters = {"INFERENCE_MODE": "true"}
+        if threads > 0:
+            parameters["INTRA_OP_THREAD_COUNT"] = str(threads)
+        return ModelConfig(platform="pytorch_libtorch", default_model_filename=TORCHSCRIPT_FILE,
+                           parameters=parameters, **common)
+    parameters = {"torchscript_file": TORCHSCRIPT_FILE, "threads": str(threads), "device": device,
+                  "precision": precision, "channels_last": str(spec.formats.channels_last).lower()}
+    if device == "gpu":  # inputs in GPU memory (CUDA shared memory, GPU producers) stay there
+        parameters["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
+    return ModelConfig(backend="python", parameters=parameters, **common)
+
+
+def torch_precisions(spec: PipelineSpec, member: MemberSpec) -> list[str]:
+    """TorchScript variants built for ``member`` (none unless ``formats.variants`` has torchscript)."""
+    if not spec.formats.torchscript:
+        return []
+    return [p for p in spec.precisions_of(member) if p in TORCH_PRECISIONS]
+
+
+def check_target(spec: PipelineSpec, target: str) -> None:
+    """What the spec needs of the server that only the target tells (checked before any work)."""
+    if spec.serving.fusion_device == "gpu" and target == "ngc" and not spec.serving.server_has_torch \
+            and spec.fusion_kind in ("classification", "detection"):
+        raise SpecError(
+            "serving.fusion_device: gpu runs the fusion math with torch inside the server's Python, and the "
+            "NGC tritonserver container ships no torch (the fusion model would fail to load). Use "
+            "serving.fusion_device: cpu, or serve from an image built FROM the container with "
+            "'pip install torch' and declare it with serving.server_has_torch: true"
+        )
 
 
 # --------------------------------------------------------------------------- fusion step
@@ -316,6 +372,7 @@ def plan_pipeline(
     engines: Mapping[str, Sequence[str]] | None = None,
     fitted: Mapping[str, Any] | None = None,
     external: Mapping[str, ExternalModel] | None = None,
+    torch: Mapping[str, Sequence[str]] | None = None,
 ) -> list[ModelPlan]:
     """Every model of the pipeline for ``target``, members first, the pipeline model last.
 
@@ -323,8 +380,10 @@ def plan_pipeline(
     ``served``: member -> precision the pipeline calls (default fp32);
     ``engines``: member -> precisions with a TensorRT engine (ngc only);
     ``fitted``: fusion parameters fitted at build time (auto weights, stacking);
-    ``external``: models already in the repository that BLS stages call.
+    ``external``: models already in the repository that BLS stages call;
+    ``torch``: member -> precisions with a TorchScript variant (default: all the spec asks for).
     """
+    check_target(spec, target)
     plans = []
     for m in spec.all_models:
         kind = ModelKind.MEMBER if m in spec.members else ModelKind.BASELINE
@@ -332,7 +391,11 @@ def plan_pipeline(
             plans.append(ModelPlan(kind, member_config(spec, m, target, precision), m.name, precision))
         for precision in (engines or {}).get(m.name, ()):
             plans.append(ModelPlan(kind, engine_config(spec, m, precision), m.name, precision, ArtifactFormat.PLAN))
-    names = {m.name: variant_name(m, (served or {}).get(m.name, "fp32")) for m in spec.members}
+        for precision in (torch or {}).get(m.name, torch_precisions(spec, m)):
+            plans.append(ModelPlan(kind, torch_config(spec, m, target, precision), m.name, precision,
+                                   ArtifactFormat.TORCHSCRIPT))
+    fmt = ArtifactFormat(spec.formats.serve)
+    names = {m.name: variant_name(m, (served or {}).get(m.name, "fp32"), fmt) for m in spec.members}
     guard = guard_config(spec)
     if guard is not None:
         plans.append(ModelPlan(ModelKind.FUSION, guard, format=ArtifactFormat.FUSION))
@@ -345,6 +408,6 @@ def plan_pipeline(
         plans.append(ModelPlan(ModelKind.ENSEMBLE, ensemble_config(spec, names, None, guard),
                                format=ArtifactFormat.ENSEMBLE))
     else:
-        names.update({m.name: variant_name(m, (served or {}).get(m.name, "fp32")) for m in spec.baselines})
+        names.update({m.name: variant_name(m, (served or {}).get(m.name, "fp32"), fmt) for m in spec.baselines})
         plans.append(ModelPlan(ModelKind.PIPELINE, bls_config(spec, names, external or {}), format=ArtifactFormat.BLS))
     return plans

@@ -19,7 +19,7 @@ from typing import Any
 
 from tritonfleet.builder import runtime
 from tritonfleet.builder.repository.manifest import sha256_file, tool_versions
-from tritonfleet.builder.repository.plan import ONNX_FILE, PLAN_FILE, ModelPlan
+from tritonfleet.builder.repository.plan import ONNX_FILE, PLAN_FILE, TORCHSCRIPT_FILE, ModelPlan
 from tritonfleet.builder.spec import PipelineSpec
 from tritonfleet.builder.spec.splits import Split
 from tritonfleet.builder.stages.parity import ParityRecord
@@ -51,6 +51,8 @@ def member_files(plan: ModelPlan, artifact: Artifact, stats: VariantStats | None
     if artifact.format == ArtifactFormat.PLAN:
         record["engine"] = artifact.engine
         return {PLAN_FILE: artifact.path}, record
+    if artifact.format == ArtifactFormat.TORCHSCRIPT:  # Triton's PyTorch backend (ngc) or the torch runner (local)
+        return {TORCHSCRIPT_FILE: artifact.path, **({"model.py": runtime.TORCH_RUNNER} if target == "local" else {})}, record
     files: dict[str, Path | bytes] = {ONNX_FILE: artifact.path}
     record["artifact_key"] = artifact.key
     record["variant"] = stats.to_dict() if stats else None
@@ -60,6 +62,7 @@ def member_files(plan: ModelPlan, artifact: Artifact, stats: VariantStats | None
         record["conversion"] = artifact.conversion
     if target == "local":
         files["model.py"] = runtime.ONNX_RUNNER
+        files[runtime.SERVING.name] = runtime.SERVING
         if "input_checks" in plan.config.parameters:
             files[runtime.INPUT_CHECKS.name] = runtime.INPUT_CHECKS
     return files, record

@@ -11,6 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ONNX_RUNNER = HERE / "onnx_model.py"        # member of the local target: onnxruntime in the Python backend
+TORCH_RUNNER = HERE / "torch_model.py"      # torch member of the local target: TorchScript, CUDA when present
 FUSION_MODEL = HERE / "fusion_model.py"     # fusion step of an ensemble
 CASCADE_MODEL = HERE / "cascade_model.py"   # BLS early exit
 ROUTE_MODEL = HERE / "route_model.py"       # BLS A/B and shadow routing

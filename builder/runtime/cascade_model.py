@@ -16,6 +16,7 @@ import tritonfleet_serving as serving
 
 class TritonPythonModel:
     def initialize(self, args):
+        serving.tensor_path()  # numpy 2 under a numpy-1 stub: use DLPack, or fail loading with the fix
         self.ops = serving.load_ops()
         _, self.params, self.dtypes = serving.read_params(args, "pipeline")
         self.stages = self.params["stages"]

@@ -11,8 +11,11 @@ import tritonfleet_serving as serving
 
 class TritonPythonModel:
     def initialize(self, args):
+        serving.tensor_path()  # numpy 2 under a numpy-1 stub: use DLPack, or fail loading with the fix
         self.ops = serving.load_ops()
-        _, self.params, self.dtypes = serving.read_params(args, "fusion")
+        config, self.params, self.dtypes = serving.read_params(args, "fusion")
+        if config.get("parameters", {}).get("FORCE_CPU_ONLY_INPUT_TENSORS", {}).get("string_value") == "no":
+            serving.require_torch("fusion_device: gpu")
         self.detection = self.params["type"] == "detection"
         self.outputs = self.params["outputs"]  # result key -> output tensor name
 

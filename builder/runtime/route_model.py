@@ -21,6 +21,7 @@ ROUTES = ("current", "candidate", "fallback", "shadow", "shadow_error")
 
 class TritonPythonModel:
     def initialize(self, args):
+        serving.tensor_path()  # numpy 2 under a numpy-1 stub: use DLPack, or fail loading with the fix
         self.ops = serving.load_ops()
         config, self.params, self.dtypes = serving.read_params(args, "pipeline")
         self.out = self.params["outputs"]

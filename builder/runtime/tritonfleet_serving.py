@@ -1,10 +1,20 @@
-"""Triton-side helpers shared by the fusion and BLS models (copied beside their model.py).
+"""Triton-side helpers shared by the Python-backend models (copied beside their model.py).
 
 Loads ``ops.py`` by path (no installed package can shadow it), reads JSON parameters,
 converts tensors (numpy on CPU; torch through DLPack when a tensor lives on a GPU, so the
 math stays on the device) and calls other models through BLS.
+
+numpy 2: ``pb_utils.Tensor`` <-> numpy goes through the stub's pybind11, which reads numpy's
+array descriptor struct itself. A stub built against numpy 1 (tritonserver 2.51, the one in
+nvidia-pytriton 0.7) reads the item size from where numpy 1 kept it; numpy 2 moved it, so
+under numpy 2 an output made from an array reports 0 bytes (the client gets an empty tensor,
+an ensemble "input byte size mismatch ... got 0") and an input's array gets zero strides.
+DLPack carries shape and dtype itself: under numpy 2, :func:`tensor_path` probes the numpy
+path once per process and, when it is broken, :func:`to_numpy` / :func:`from_numpy` cross
+through DLPack (by way of torch) instead; when neither works, model loading fails with the fix.
 """
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -22,6 +32,18 @@ def load_ops():
     return module
 
 
+def require_torch(why):
+    """Fail loading (with the fix) when this server's Python has no torch."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise RuntimeError(
+            f"{why} computes with torch inside the server's Python, which has no torch; install torch there "
+            "(an image built FROM the Triton container plus 'pip install torch') or build with "
+            "serving.fusion_device: cpu"
+        ) from None
+
+
 def read_params(args, key):
     """JSON parameters from config ``parameters[key]``, plus ``params.json`` if present."""
     config = json.loads(args["model_config"])
@@ -33,13 +55,72 @@ def read_params(args, key):
     return config, params, dtypes
 
 
+NUMPY_FIX = ("this tritonserver's Python-backend stub misreads numpy {version} arrays (it was built for numpy < 2), "
+             "and the DLPack way around it needs torch, which the server's Python lacks; run the server's Python "
+             "with numpy < 2 (pip install 'numpy<2' in the interpreter that starts tritonserver) or install torch there")
+
+
+@functools.lru_cache(maxsize=None)  # noqa: UP033 - the stub's Python may be 3.8
+def tensor_path():
+    """``"numpy"`` when ``pb_utils.Tensor`` <-> numpy works in this stub, ``"dlpack"`` when only
+    DLPack does (numpy 2 under a stub built for numpy 1). Raises with the fix when neither does.
+
+    The probe builds a tensor the way Triton builds a request's input (shape, dtype and a
+    pointer) and reads it back as numpy. DLPack goes through torch: this stub renames the
+    capsules it consumes to "used_dlpack" where the DLPack protocol says "used_dltensor", which
+    numpy's capsule destructor takes for an unconsumed capsule (it reports an error for every
+    tensor); torch's destructor only asks whether the capsule is still "dltensor".
+    """
+    if int(np.__version__.split(".")[0]) < 2:
+        return "numpy"
+    try:
+        import torch
+        from torch.utils import dlpack
+    except ImportError:
+        raise RuntimeError(NUMPY_FIX.format(version=np.__version__)) from None
+    expected = np.arange(6, dtype=np.float32).reshape(2, 3)
+    probe = pb_utils.Tensor.from_dlpack("probe", dlpack.to_dlpack(torch.from_numpy(expected.copy())))
+    try:
+        if np.array_equal(probe.as_numpy(), expected):
+            return "numpy"
+    except Exception:
+        pass
+    if not np.array_equal(dlpack.from_dlpack(probe.to_dlpack()).numpy(), expected):
+        raise RuntimeError(NUMPY_FIX.format(version=np.__version__))
+    pb_utils.Logger.log_info(f"tritonfleet: numpy {np.__version__} under a stub built for numpy < 2: "
+                             "tensors cross through DLPack")
+    return "dlpack"
+
+
+def to_numpy(tensor):
+    """A CPU ``pb_utils.Tensor`` as a numpy array (zero-copy either way)."""
+    if tensor_path() == "numpy":
+        return tensor.as_numpy()
+    from torch.utils import dlpack
+
+    return dlpack.from_dlpack(tensor.to_dlpack()).numpy()
+
+
+def from_numpy(name, array, dtype=None):
+    """A ``pb_utils.Tensor`` holding ``array`` (as ``dtype``), whatever numpy the stub has."""
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if tensor_path() == "numpy":
+        return pb_utils.Tensor(name, array)
+    import torch
+    from torch.utils import dlpack
+
+    if not array.flags.writeable:  # torch.from_numpy shares memory and wants it writable
+        array = array.copy()
+    return pb_utils.Tensor.from_dlpack(name, dlpack.to_dlpack(torch.from_numpy(array)))
+
+
 def input_array(request, name):
     """numpy for CPU tensors; a torch tensor (zero-copy, DLPack) for GPU tensors."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
         raise ValueError(f"missing input '{name}'")
     if tensor.is_cpu():
-        return tensor.as_numpy()
+        return to_numpy(tensor)
     from torch.utils import dlpack
 
     return dlpack.from_dlpack(tensor.to_dlpack())
@@ -47,7 +128,7 @@ def input_array(request, name):
 
 def output_tensor(name, value, dtype):
     if isinstance(value, np.ndarray):
-        return pb_utils.Tensor(name, np.ascontiguousarray(value, dtype=dtype))
+        return from_numpy(name, value, dtype)
     import torch
     from torch.utils import dlpack
 
@@ -60,7 +141,7 @@ class StageError(RuntimeError):
 
 
 def _stage_request(stage, arrays):
-    inputs = [pb_utils.Tensor(n, np.ascontiguousarray(a)) for n, a in zip(stage["inputs"], arrays)]
+    inputs = [from_numpy(n, a) for n, a in zip(stage["inputs"], arrays)]
     return pb_utils.InferenceRequest(model_name=stage["model"], model_version=int(stage.get("version", -1)),
                                      requested_output_names=[stage["output"]], inputs=inputs)
 
@@ -72,7 +153,7 @@ def _stage_output(stage, response, batch):
     if tensor is None:
         raise StageError(f"{stage['model']} returned no '{stage['output']}'")
     if tensor.is_cpu():
-        out = tensor.as_numpy()
+        out = to_numpy(tensor)
     else:
         from torch.utils import dlpack
 

@@ -41,6 +41,8 @@ class Serving(_Strict):
     # gpu: member outputs reach the fusion step on the device (DLPack) and the math runs
     # there in torch; needs torch in the server's Python. cpu: Triton copies them to host.
     fusion_device: Literal["cpu", "gpu"] = "cpu"
+    # ngc: the server image's Python has torch (the stock NGC container has none); local: always
+    server_has_torch: bool = False
 
 
 # --------------------------------------------------------------------------- data

@@ -14,6 +14,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from tritonfleet.builder.spec.axes import EngineProfile, engine_axes, engine_problems
 from tritonfleet.builder.spec.common import ModelName, ResolvedPath, _Strict
+from tritonfleet.builder.spec.formats import FormatSpec, check_formats
 from tritonfleet.builder.spec.fusion import FusionSpec, StageRef
 from tritonfleet.builder.spec.models import MemberSpec, TensorSpec
 from tritonfleet.builder.spec.options import (
@@ -43,6 +44,7 @@ class PipelineSpec(_Strict):
     parity: ParitySpec = Field(default_factory=ParitySpec)
     precision: PrecisionSpec = Field(default_factory=PrecisionSpec)
     tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
+    formats: FormatSpec = Field(default_factory=FormatSpec)  # onnx, plus torchscript members
 
     _source_dir: Path | None = PrivateAttr(default=None)  # the folder relative paths were resolved against
 
@@ -189,6 +191,7 @@ class PipelineSpec(_Strict):
         problems += engine_problems(self.all_models) if self.tensorrt.engines else []
         if not problems:  # the checks below assume a sound graph
             problems += self._check_precisions()
+            problems += check_formats(self)
             problems += {"classification": self._check_classification, "detection": self._check_detection,
                          "bls": self._check_bls, "chain": self._check_chain}[self.fusion_kind]()
         if problems:

@@ -27,6 +27,9 @@ class LoadConfig:
     timeout_s: float = 30.0
     parameters: dict | None = None  # request parameters, e.g. {"threshold": 0.9} for a cascade
     engine: Literal["auto", "callback", "asyncio"] = "auto"
+    # inputs placed once in registered regions, outputs written there: "system" or "cuda" (see clients.shm)
+    shared_memory: Literal["none", "system", "cuda"] = "none"
+    device_id: int = 0  # the GPU of CUDA shared-memory regions
 
     def __post_init__(self):
         checks = (
@@ -41,6 +44,8 @@ class LoadConfig:
             (self.timeout_s > 0, "timeout_s", "must be > 0"),
             (self.engine != "callback" or self.protocol == "grpc", "engine",
              "the callback engine speaks gRPC; use engine='asyncio' for HTTP"),
+            (self.shared_memory in ("none", "system", "cuda"), "shared_memory", "must be none, system or cuda"),
+            (self.device_id >= 0, "device_id", "must be >= 0"),
         )
         for ok, name, rule in checks:
             if not ok:

@@ -18,23 +18,36 @@ Two engines, both asynchronous:
 After a warm-up, windows repeat until perf_analyzer's stability rule holds over the last
 ``stable_windows`` (:mod:`.windows`) or ``max_windows`` pass; the result reports those last
 windows and says whether they were stable. Errors are counted, never raised.
+
+With ``shared_memory`` (system or CUDA) both engines write the batches into registered
+regions once, before the warm-up, and send requests that only say where they lie
+(:func:`.requests.place_in_shared_memory`); the regions are unregistered and freed at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from tritonfleet.clients.loadgen.config import LoadConfig
-from tritonfleet.clients.loadgen.requests import error_text, grpc_request, infer_inputs, request_batches
+from tritonfleet.clients.loadgen.requests import (
+    error_text,
+    grpc_request,
+    infer_inputs,
+    place_in_shared_memory,
+    request_batches,
+    requested_outputs,
+)
 from tritonfleet.clients.loadgen.results import LoadResult, Recorder, diff_statistics, server_statistics
 from tritonfleet.clients.loadgen.windows import WindowStats, is_stable, measure_windows
 from tritonfleet.clients.metadata import ModelMetadata
+from tritonfleet.clients.shm import SharedMemoryPool
 
 
 def fetch_metadata(url: str, protocol: str, model: str) -> ModelMetadata:
@@ -56,12 +69,34 @@ def run_load(url: str, config: LoadConfig, inputs: Sequence[np.ndarray] | None =
     batches = request_batches(meta, config.batch_size, inputs)
     recorder = Recorder()
     engine = config.resolved_engine
-    if engine == "callback":
-        windows, server = CallbackEngine(url, config, meta, batches, recorder).measure()
-    else:
-        windows, server = asyncio.run(AsyncioEngine(url, config, meta, batches, recorder).measure())
+    with shared_memory_pool(url, config) as pool:
+        layout = place_in_shared_memory(pool, meta, batches, config.batch_size) if pool is not None else None
+        if engine == "callback":
+            windows, server = CallbackEngine(url, config, meta, batches, recorder, layout=layout).measure()
+        else:
+            windows, server = asyncio.run(AsyncioEngine(url, config, meta, batches, recorder, layout).measure())
     stable = is_stable(windows, config.stable_windows, config.stability_pct)
     return recorder.result(config, windows, stable, server, engine)
+
+
+@contextlib.contextmanager
+def shared_memory_pool(url: str, config: LoadConfig) -> Iterator[SharedMemoryPool | None]:
+    """A :class:`SharedMemoryPool` registered with the server (``None`` without shared memory),
+    unregistered and freed on exit."""
+    if config.shared_memory == "none":
+        yield None
+        return
+    if config.protocol == "grpc":
+        import tritonclient.grpc as module
+    else:
+        import tritonclient.http as module
+    client = module.InferenceServerClient(url)
+    pool = SharedMemoryPool(client, config.shared_memory, config.device_id, prefix=f"loadgen_{config.model}")
+    try:
+        yield pool
+    finally:
+        pool.close()
+        client.close()
 
 
 class _Windows:
@@ -106,7 +141,7 @@ class CallbackEngine:
     thread issues them on time (open loop). ``total`` bounds the number of requests."""
 
     def __init__(self, url: str, cfg: LoadConfig, meta: ModelMetadata, batches, recorder: Recorder,
-                 total: int | None = None):
+                 total: int | None = None, layout=None):
         import grpc
         from tritonclient.grpc import service_pb2_grpc
 
@@ -114,7 +149,11 @@ class CallbackEngine:
         self.channel = grpc.insecure_channel(url, options=[("grpc.max_send_message_length", -1),
                                                            ("grpc.max_receive_message_length", -1)])
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-        self.requests = [grpc_request(cfg.model, meta, batch, cfg.parameters) for batch in batches]
+        if layout is None:
+            self.requests = [grpc_request(cfg.model, meta, batch, cfg.parameters) for batch in batches]
+        else:
+            self.requests = [grpc_request(cfg.model, meta, batch, cfg.parameters, placed, layout.outputs)
+                             for batch, placed in zip(layout.batches, layout.inputs)]
         self.stop = threading.Event()
         self.issued = 0
         self.in_flight = 0
@@ -196,8 +235,9 @@ class CallbackEngine:
 class AsyncioEngine:
     """tritonclient's asyncio clients (gRPC or HTTP)."""
 
-    def __init__(self, url: str, cfg: LoadConfig, meta: ModelMetadata, batches, recorder: Recorder):
+    def __init__(self, url: str, cfg: LoadConfig, meta: ModelMetadata, batches, recorder: Recorder, layout=None):
         self.url, self.cfg, self.meta, self.batches, self.recorder = url, cfg, meta, batches, recorder
+        self.layout = layout
         self.stop = False
 
     async def measure(self) -> tuple[list[WindowStats], dict]:
@@ -212,8 +252,13 @@ class AsyncioEngine:
             client = module.InferenceServerClient(self.url, conn_limit=max(cfg.concurrency, 16),
                                                   conn_timeout=cfg.timeout_s)
         self.client = client
-        outputs = [module.InferRequestedOutput(t.name) for t in self.meta.outputs]
-        cycle = itertools.cycle([(infer_inputs(module, self.meta, batch), outputs) for batch in self.batches])
+        if self.layout is None:
+            outputs = requested_outputs(module, self.meta)
+            cycle = itertools.cycle([(infer_inputs(module, self.meta, batch), outputs) for batch in self.batches])
+        else:
+            outputs = requested_outputs(module, self.meta, self.layout.outputs)
+            cycle = itertools.cycle([(infer_inputs(module, self.meta, batch, placed), outputs)
+                                     for batch, placed in zip(self.layout.batches, self.layout.inputs)])
         windows = _Windows(self.url, cfg, self.recorder)
         try:
             if cfg.request_rate is None:
