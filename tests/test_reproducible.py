@@ -132,7 +132,8 @@ def test_leaked_host_details_finds_each_kind(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "gethostname", lambda: "buildhost-7")
     files = {"a.json": b'{"x": "/home/alice/models/a.pt"}', "b.pbtxt": b"built on buildhost-7\n",
              "c.onnx": b"\x00\x01C:\\Users\\bob\\m.py\x00", "d.json": b'{"path": "../data/x.npz"}',
-             "e.py": b"# runs on buildhost-7\n", "f.txt": str(tmp_path / "f").encode()}
+             "e.py": b"# runs on buildhost-7\n", "f.txt": str(tmp_path / "f").encode(),
+             "g.onnx": b'File "/builds/ci-42/src/models.py", line 3', "h.py": b"# see builder/runtime/ops.py\n"}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     problems = leaked_host_details(tmp_path, [tmp_path / n for n in files])
@@ -144,6 +145,8 @@ def test_leaked_host_details_finds_each_kind(tmp_path, monkeypatch):
         "c.onnx: holds an absolute path ('C:\\Users\\'); a repository should not depend on the machine that built "
         "it (rebuild without keep_debug_info)",
         f"f.txt: holds the repository's absolute path ('{tmp_path}'); a repository should not depend on the "
+        "machine that built it (rebuild without keep_debug_info)",
+        "g.onnx: holds an absolute path ('/builds/ci-42/src/models.py'); a repository should not depend on the "
         "machine that built it (rebuild without keep_debug_info)",
     ]
     assert os.sep == "/"  # the paths above are POSIX paths

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,8 +87,11 @@ def verify(repo: Path, repair: bool = False) -> VerifyReport:
     return report
 
 
-# Absolute paths under the usual roots of a build machine's file system, and Windows drives.
+# Absolute paths under the usual roots of a build machine's file system, absolute paths of Python
+# source files under any root (torch's stack traces name them: a CI checkout may live anywhere),
+# and Windows drives.
 _ABSOLUTE_PATH = re.compile(rb"(?<![\w.:/-])(?:/(?:home|root|tmp|usr|opt|var|srv|mnt|work|Users|private)/[\w.+-]+"
+                            rb"|/(?:[\w.+-]+/)+[\w.+-]+\.py(?![\w.])"
                             rb"|[A-Za-z]:\\(?:Users|Windows|Program Files|ProgramData)\\)")
 # tritonfleet's own runtime files (model.py, ops.py, ...) are checked for paths, not for the host name:
 # their code may contain any word.
@@ -99,6 +103,7 @@ def leaked_host_details(repo: Path, files: list[Path]) -> list[str]:
     host = socket.gethostname().encode()
     by_host = (re.compile(rb"(?<![\w.-])" + re.escape(host) + rb"(?![\w-])"), "the host name")
     needles = [(re.compile(re.escape(str(repo).encode())), "the repository's absolute path"),
+               *((re.compile(re.escape(place)), "an absolute path") for place in _install_places()),
                (_ABSOLUTE_PATH, "an absolute path")]
     problems = []
     for path in files:
@@ -114,6 +119,12 @@ def leaked_host_details(repo: Path, files: list[Path]) -> list[str]:
                                 "depend on the machine that built it (rebuild without keep_debug_info)")
                 break
     return problems
+
+
+def _install_places() -> list[bytes]:
+    """Where this Python and tritonfleet are installed (two folders deep at least, so never '/')."""
+    places = {sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[3])}
+    return sorted(p.encode() for p in places if len(Path(p).parts) > 2)
 
 
 def _to_config(proto) -> ModelConfig:
