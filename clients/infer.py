@@ -37,6 +37,7 @@ class TritonClient:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.retried = 0  # retries made so far (each transient error retried counts once)
         self.shared_memory = check_kind(shared_memory)
         self.device_id = device_id  # the GPU of CUDA shared-memory regions
         self._shm: SharedMemoryPool | None = None
@@ -142,6 +143,7 @@ class TritonClient:
                 if attempt < self.retries and any(t.lower() in message.lower() for t in TRANSIENT):
                     time.sleep(self.backoff * 2 ** attempt)
                     attempt += 1
+                    self.retried += 1
                     continue
                 raise ServerError(explain(model, self.url, message)) from None
 

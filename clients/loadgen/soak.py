@@ -5,14 +5,16 @@ with ``total``): every request's start, end and outcome is recorded, and the ser
 resident memory (tritonserver and its Python-backend stubs, from ``/proc``) is sampled once
 a second after the warm-up. The result splits the measured requests into tenths *of the
 run's time*, keeping empty tenths (an outage shows as a tenth with failures and no
-successes), and keeps the timestamps so a fault's outage can be measured from them.
+successes), and keeps the timestamps so a fault's outage can be measured from them. A fault
+(``fault``, e.g. killing a stub) runs once ``fault_at`` of the requests have completed, and the
+time it ran is recorded (``fault_s``), not estimated.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,6 +40,8 @@ class SoakResult:
     rss_mb: list[float] = field(default_factory=list)   # one sample a second, after warm-up
     error_messages: dict[str, int] = field(default_factory=dict)
     requests: list[tuple[float, float, bool]] = field(default_factory=list, repr=False)  # (start, end, ok)
+    fault_s: float | None = None  # when the fault ran, from t0 (None: no fault)
+    fault_after: int | None = None  # requests completed when it ran
 
     @property
     def rss_growth(self) -> float:
@@ -63,9 +67,21 @@ class SoakResult:
         recovered = [e for _, e, ok in self.requests if ok and e > max(failed)]
         return min(failed), min(recovered) if recovered else float("nan")
 
+    def outage_summary(self) -> dict | None:
+        """The outage from the timestamps: when it began and ended, how long, and what came after."""
+        span = self.outage()
+        if span is None:
+            return None
+        first, recovered = span
+        last = max(e for _, e, ok in self.requests if not ok)
+        after = [ok for _, e, ok in self.requests if e >= recovered]
+        return {"first_failure_s": first, "last_failure_s": last, "recovered_s": recovered,
+                "seconds": recovered - first, "requests_after": len(after), "failed_after": after.count(False)}
+
     def to_dict(self) -> dict:
         data = {k: v for k, v in asdict(self).items() if k != "requests"}
-        return {**data, "rss_growth": self.rss_growth, "latency_drift": self.latency_drift, "outage": self.outage()}
+        return {**data, "rss_growth": self.rss_growth, "latency_drift": self.latency_drift, "outage": self.outage(),
+                "outage_summary": self.outage_summary()}
 
 
 def process_tree_rss(pid: int) -> int:
@@ -85,7 +101,8 @@ def process_tree_rss(pid: int) -> int:
 
 
 def run_soak(url: str, model: str, inputs: Sequence[np.ndarray], total: int = 100_000, concurrency: int = 16,
-             server_pid: int | None = None, warmup: int = 1000, timeout_s: float = 30.0) -> SoakResult:
+             server_pid: int | None = None, warmup: int = 1000, timeout_s: float = 30.0,
+             fault: Callable[[], None] | None = None, fault_at: float = 0.5) -> SoakResult:
     config = LoadConfig(model, concurrency=concurrency, timeout_s=timeout_s, engine="callback")
     meta = fetch_metadata(url, "grpc", model)
     recorder = Recorder()
@@ -102,19 +119,35 @@ def run_soak(url: str, model: str, inputs: Sequence[np.ndarray], total: int = 10
         if server_pid is not None:
             rss.append(process_tree_rss(server_pid) / 2**20)
 
+    fault_time: list[tuple[float, int]] = []
+
+    def inject() -> None:  # once fault_at of the requests have completed
+        while recorder.completed < fault_at * total and not done.is_set():
+            done.wait(0.005)
+        if not done.is_set():
+            after = recorder.completed
+            fault()
+            fault_time.append((time.perf_counter(), after))
+
     sampler = threading.Thread(target=sample_memory, daemon=True)
     sampler.start()
+    injector = threading.Thread(target=inject, daemon=True) if fault is not None else None
     t0 = time.perf_counter()
+    if injector is not None:
+        injector.start()
     try:
         engine.run_total()
     finally:
         done.set()
         sampler.join(5)
+        if injector is not None:
+            injector.join(5)
     seconds = time.perf_counter() - t0
     records = sorted(((s - t0, e - t0, ok) for s, e, ok in recorder.records), key=lambda r: r[1])
     measured = records[min(warmup, len(records) - 1):]
     return SoakResult(model, total, concurrency, recorder.completed, sum(1 for *_, ok in records if not ok), seconds,
-                      total / seconds, t0, _tenths(measured), rss, dict(recorder.errors.most_common(5)), records)
+                      total / seconds, t0, _tenths(measured), rss, dict(recorder.errors.most_common(5)), records,
+                      fault_time[0][0] - t0 if fault_time else None, fault_time[0][1] if fault_time else None)
 
 
 def _tenths(records: list[tuple[float, float, bool]]) -> list[dict]:
