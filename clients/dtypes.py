@@ -24,8 +24,9 @@ FLOAT_DTYPES: frozenset[str] = frozenset({"float32", "float16", "float64"})
 
 
 def triton_config_dtype(name: str) -> str:
-    """``"float32"`` -> ``"TYPE_FP32"`` (what config.pbtxt takes)."""
-    return "TYPE_" + _TABLE[name][0]
+    """``"float32"`` -> ``"TYPE_FP32"`` (what config.pbtxt takes). ``"string"`` (Triton's BYTES) is
+    known here for tritonfleet's own tensors (a member's error text), not as a spec dtype."""
+    return "TYPE_STRING" if name == "string" else "TYPE_" + _TABLE[name][0]
 
 
 def numpy_dtype(name: str) -> np.dtype:
@@ -44,6 +45,8 @@ def from_numpy(dtype: np.dtype) -> str:
 def from_config_dtype(config_dtype: str) -> str:
     """``"TYPE_FP32"`` -> ``"float32"``."""
     short = config_dtype.removeprefix("TYPE_")
+    if short == "STRING":
+        return "string"
     for name, (triton, _) in _TABLE.items():
         if triton == short:
             return name

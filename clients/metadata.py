@@ -8,6 +8,13 @@ import numpy as np
 
 from tritonfleet.clients.errors import ServerError
 
+# tritonfleet's own outputs of a local member runner (docs/RELIABILITY.md, "member errors inside an
+# ensemble"): the error text it hands to the ensemble's final step, and a marker it never produces
+# (asked for by callers that want all outputs, i.e. everyone but an ensemble step). Hidden from clients.
+MEMBER_ERROR = "tritonfleet_error"
+RAISE_MARKER = "tritonfleet_raise"
+INTERNAL_OUTPUTS = frozenset({MEMBER_ERROR, RAISE_MARKER})
+
 
 @dataclass(frozen=True)
 class TensorMeta:
@@ -49,7 +56,8 @@ class ModelMetadata:
         def tensors(items) -> tuple[TensorMeta, ...]:
             return tuple(TensorMeta(t["name"], t["datatype"], tuple(int(d) for d in t["shape"])) for t in items)
 
-        return cls(model, tensors(meta["inputs"]), tensors(meta["outputs"]), int(config.get("max_batch_size", 0)))
+        outputs = [t for t in meta["outputs"] if t["name"] not in INTERNAL_OUTPUTS]
+        return cls(model, tensors(meta["inputs"]), tensors(outputs), int(config.get("max_batch_size", 0)))
 
     def check_batch_size(self, batch_size: int) -> None:
         if self.batching and batch_size > self.max_batch_size:

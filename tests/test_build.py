@@ -26,7 +26,8 @@ def test_every_config_parses_with_expected_fields(which, request):
     configs = _configs(result.repository)
     members = [m.name for m in spec.members]
     variants = [f"{m}{suffix}" for m in [*members, "cnn_large"] for suffix in ("", "_fp16", "_int8")]
-    assert {p.config.name for p in result.models} == {*variants, "digits_fusion", "digits"}
+    compiled = {f"digits_compiled{suffix}" for suffix in ("", "_fp16", "_int8")}  # serving.compile (test_compiled.py)
+    assert {p.config.name for p in result.models} == {*variants, "digits_fusion", "digits", *compiled}
     assert set(configs) >= {*variants, "digits_fusion", "digits"}
 
     for name in variants:
@@ -45,12 +46,17 @@ def test_every_config_parses_with_expected_fields(which, request):
             assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_CPU
         assert cfg.max_batch_size == 64
         assert tensors_of(cfg, "input") == {"image": ("float32", (1, 8, 8))}
-        assert tensors_of(cfg, "output") == {"logits": ("float32", (10,))}
+        # local runners also declare their handed-on error text and the marker (docs/RELIABILITY.md)
+        runner = {"tritonfleet_error": ("string", (1,)), "tritonfleet_raise": ("bool", (1,))}
+        assert tensors_of(cfg, "output") == {"logits": ("float32", (10,)), **(runner if result.target == "local" else {})}
         assert cfg.dynamic_batching.max_queue_delay_microseconds == 200
 
+    local = result.target == "local"
     fusion = configs["digits_fusion"]
     assert fusion.backend == "python"
-    assert tensors_of(fusion, "input") == {f"scores_{i}": ("float32", (10,)) for i in range(3)}
+    handed_on = {f"member_error_{i}": ("string", (1,)) for i in range(3)} if local else {}
+    assert tensors_of(fusion, "input") == {**{f"scores_{i}": ("float32", (10,)) for i in range(3)}, **handed_on}
+    assert [i.optional for i in fusion.input] == [False] * 3 + [True] * len(handed_on)
     assert tensors_of(fusion, "output") == {"probabilities": ("float32", (10,)), "class_index": ("int64", (1,))}
     params = json.loads(fusion.parameters["fusion"].string_value)
     assert params == {"type": "mean", "activation": "softmax", "inputs": ["scores_0", "scores_1", "scores_2"],
@@ -64,15 +70,26 @@ def test_every_config_parses_with_expected_fields(which, request):
     assert [s.model_name for s in steps] == [*members, "digits_fusion"]
     for s, m in zip(steps, members):
         assert dict(s.input_map) == {"image": "image"}
-        assert dict(s.output_map) == {"logits": f"{m}__logits"}
-    assert dict(steps[-1].input_map) == {f"scores_{i}": f"{m}__logits" for i, m in enumerate(members)}
+        assert dict(s.output_map) == {"logits": f"{m}__logits", **({"tritonfleet_error": f"{m}__tritonfleet_error"}
+                                                                   if local else {})}
+    assert dict(steps[-1].input_map) == {**{f"scores_{i}": f"{m}__logits" for i, m in enumerate(members)},
+                                         **({f"member_error_{i}": f"{m}__tritonfleet_error" for i, m in enumerate(members)}
+                                            if local else {})}
 
 
 def test_targets_share_the_same_ensemble(local_build, ngc_build):
+    """The same ensemble and fusion step, except that local runners hand their errors to the fusion step."""
     local = _configs(local_build[1].repository)
     ngc = _configs(ngc_build[1].repository)
+    for step in local["digits"].ensemble_scheduling.step:
+        step.output_map.pop("tritonfleet_error", None)
+        for key in [k for k in step.input_map if k.startswith("member_error_")]:
+            step.input_map.pop(key)
     assert local["digits"] == ngc["digits"]
-    assert local["digits_fusion"] == ngc["digits_fusion"]
+    fusion = local["digits_fusion"]
+    del fusion.input[3:]
+    fusion.parameters.pop("member_errors")
+    assert fusion == ngc["digits_fusion"]
 
 
 def test_version_folders_hold_self_contained_artifacts(local_build, ngc_build):

@@ -22,13 +22,15 @@ class TensorConfig:
     name: str
     dtype: str  # spec dtype name, e.g. "float32"
     dims: tuple[int, ...]
+    optional: bool = False  # an input a request (or an ensemble step) may leave out
 
     @classmethod
     def from_spec(cls, spec: TensorSpec, name: str | None = None) -> TensorConfig:
         return cls(name or spec.name, spec.dtype, tuple(spec.shape))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "data_type": triton_config_dtype(self.dtype), "dims": list(self.dims)}
+        out = {"name": self.name, "data_type": triton_config_dtype(self.dtype), "dims": list(self.dims)}
+        return {**out, "optional": True} if self.optional else out
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from tritonfleet.builder.repository.config import DynamicBatchingConfig, Ensembl
 from tritonfleet.builder.spec import MemberSpec, PipelineSpec, TensorSpec
 from tritonfleet.builder.spec.axes import merge_checks
 from tritonfleet.builder.spec.formats import TORCH_PRECISIONS
+from tritonfleet.clients.metadata import MEMBER_ERROR, RAISE_MARKER
 from tritonfleet.clients.vocabulary import ArtifactFormat, ModelKind
 
 TARGETS = ("local", "ngc")
@@ -89,6 +90,12 @@ def _tensors(specs: Sequence[TensorSpec]) -> tuple[TensorConfig, ...]:
     return tuple(TensorConfig.from_spec(t) for t in specs)
 
 
+# A local runner's own outputs (docs/RELIABILITY.md, "member errors inside an ensemble"): asked for
+# its error text and not for the marker (which it never produces), as only an ensemble step asks,
+# it hands a failure on to the ensemble's final step instead of failing while its siblings run.
+RUNNER_OUTPUTS = (TensorConfig(MEMBER_ERROR, "string", (1,)), TensorConfig(RAISE_MARKER, "bool", (1,)))
+
+
 # --------------------------------------------------------------------------- member models
 def member_config(spec: PipelineSpec, member: MemberSpec, target: str, precision: str = "fp32") -> ModelConfig:
     common = dict(
@@ -120,7 +127,7 @@ def member_config(spec: PipelineSpec, member: MemberSpec, target: str, precision
             parameters={"onnx_file": ONNX_FILE, "intra_op_threads": threads,
                         "device": spec.device_for(target), "precision": precision,
                         **({"input_checks": json.dumps(checks, sort_keys=True)} if checks else {})},
-            **common,
+            **{**common, "outputs": common["outputs"] + RUNNER_OUTPUTS},
         )
     raise ValueError(f"unknown target '{target}' (use one of {', '.join(TARGETS)})")
 
@@ -158,7 +165,7 @@ def torch_config(spec: PipelineSpec, member: MemberSpec, target: str, precision:
                   "precision": precision, "channels_last": str(spec.formats.channels_last).lower()}
     if device == "gpu":  # inputs in GPU memory (CUDA shared memory, GPU producers) stay there
         parameters["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
-    return ModelConfig(backend="python", parameters=parameters, **common)
+    return ModelConfig(backend="python", parameters=parameters, **{**common, "outputs": common["outputs"] + RUNNER_OUTPUTS})
 
 
 def torch_precisions(spec: PipelineSpec, member: MemberSpec) -> list[str]:
@@ -216,7 +223,10 @@ def fusion_params(spec: PipelineSpec, fitted: Mapping[str, Any] | None = None) -
     return params
 
 
-def fusion_config(spec: PipelineSpec, fitted: Mapping[str, Any] | None = None) -> ModelConfig:
+def fusion_config(spec: PipelineSpec, fitted: Mapping[str, Any] | None = None,
+                  member_errors: Sequence[str] = ()) -> ModelConfig:
+    """The fusion step; ``member_errors`` names the members whose handed-on errors it reads (local
+    runners, see :data:`RUNNER_OUTPUTS`): optional inputs ``member_error_<k>``, raised first."""
     f = spec.fusion
     if spec.fusion_kind == "classification":
         classes = spec.num_classes
@@ -233,9 +243,12 @@ def fusion_config(spec: PipelineSpec, fitted: Mapping[str, Any] | None = None) -
     on_gpu = spec.serving.fusion_device == "gpu"
     if on_gpu:  # keep member outputs on the device; ops.py computes with torch there
         parameters["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
+    errors = tuple(TensorConfig(f"member_error_{k}", "string", (1,), optional=True) for k in range(len(member_errors)))
+    if member_errors:
+        parameters["member_errors"] = json.dumps([[t.name, m] for t, m in zip(errors, member_errors)])
     return ModelConfig(
         name=spec.fusion_model_name, backend="python",
-        inputs=tuple(cfg for _, _, cfg in fusion_inputs(spec)), outputs=outputs,
+        inputs=tuple(cfg for _, _, cfg in fusion_inputs(spec)) + errors, outputs=outputs,
         max_batch_size=spec.serving.max_batch_size, instance_count=spec.serving.instances,
         instance_kind="KIND_GPU" if on_gpu else "KIND_CPU", dynamic_batching=_batching(spec), parameters=parameters,
     )
@@ -278,10 +291,11 @@ def _needed_members(spec: PipelineSpec, targets: Sequence[MemberSpec]) -> list[M
 
 
 def ensemble_config(spec: PipelineSpec, served: Mapping[str, str], fusion: ModelConfig | None,
-                    guard: ModelConfig | None = None) -> ModelConfig:
+                    guard: ModelConfig | None = None, member_errors: bool = False) -> ModelConfig:
     """The ensemble: the input guard (when inputs declare constraints), member steps (chained
     ones on their producers' outputs), then the fusion step, or for ``type: none`` the chosen
-    member's outputs as the ensemble's."""
+    member's outputs as the ensemble's. ``member_errors`` (local runners, with a fusion step):
+    each member step hands its error text to the fusion step, which raises it."""
     inputs = _tensors(spec.inputs)
     fed = {t.name: t.name for t in inputs}
     if guard is not None:
@@ -309,11 +323,15 @@ def ensemble_config(spec: PipelineSpec, served: Mapping[str, str], fusion: Model
         output_map = {t.name: _tensor_name(m.name, t.name) for t in m.outputs if (m.name, t.name) in consumed}
         if fusion is None and m is last[0]:
             output_map.update({t.name: t.name for t in m.outputs})
+        if member_errors and fusion is not None:
+            output_map[MEMBER_ERROR] = _tensor_name(m.name, MEMBER_ERROR)
         steps.append(EnsembleStep(served.get(m.name, m.name), input_map, output_map))
     if fusion is not None:
+        handed_on = {f"member_error_{k}": _tensor_name(m.name, MEMBER_ERROR) for k, m in enumerate(members)}
         steps.append(EnsembleStep(
             fusion.name,
-            {cfg.name: _tensor_name(m.name, out) for m, out, cfg in fusion_inputs(spec)},
+            {**{cfg.name: _tensor_name(m.name, out) for m, out, cfg in fusion_inputs(spec)},
+             **(handed_on if member_errors else {})},
             {t.name: t.name for t in fusion.outputs},
         ))
         outputs = fusion.outputs
@@ -400,9 +418,11 @@ def plan_pipeline(
     if guard is not None:
         plans.append(ModelPlan(ModelKind.FUSION, guard, format=ArtifactFormat.FUSION))
     if spec.fusion_kind in ("classification", "detection"):
-        fusion = fusion_config(spec, fitted)
+        local = target == "local"  # members are Python runners that hand their errors on
+        handing_on = [m.name for m in _needed_members(spec, spec.fused_members)] if local else []
+        fusion = fusion_config(spec, fitted, handing_on)
         plans.append(ModelPlan(ModelKind.FUSION, fusion, format=ArtifactFormat.FUSION))
-        plans.append(ModelPlan(ModelKind.ENSEMBLE, ensemble_config(spec, names, fusion, guard),
+        plans.append(ModelPlan(ModelKind.ENSEMBLE, ensemble_config(spec, names, fusion, guard, member_errors=local),
                                format=ArtifactFormat.ENSEMBLE))
     elif spec.fusion_kind == "chain":
         plans.append(ModelPlan(ModelKind.ENSEMBLE, ensemble_config(spec, names, None, guard),

@@ -52,7 +52,8 @@ def member_files(plan: ModelPlan, artifact: Artifact, stats: VariantStats | None
         record["engine"] = artifact.engine
         return {PLAN_FILE: artifact.path}, record
     if artifact.format == ArtifactFormat.TORCHSCRIPT:  # Triton's PyTorch backend (ngc) or the torch runner (local)
-        return {TORCHSCRIPT_FILE: artifact.path, **({"model.py": runtime.TORCH_RUNNER} if target == "local" else {})}, record
+        runner = {"model.py": runtime.TORCH_RUNNER, runtime.SERVING.name: runtime.SERVING} if target == "local" else {}
+        return {TORCHSCRIPT_FILE: artifact.path, **runner}, record
     files: dict[str, Path | bytes] = {ONNX_FILE: artifact.path}
     record["artifact_key"] = artifact.key
     record["variant"] = stats.to_dict() if stats else None

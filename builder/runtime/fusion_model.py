@@ -5,6 +5,8 @@ The math lives in ``ops.py``; this file only moves tensors. Parameters: config
 dynamic batcher groups are fused in one call. Inputs on a GPU stay there (DLPack -> torch).
 """
 
+import json
+
 import triton_python_backend_utils as pb_utils
 import tritonfleet_serving as serving
 
@@ -18,8 +20,14 @@ class TritonPythonModel:
             serving.require_torch("fusion_device: gpu")
         self.detection = self.params["type"] == "detection"
         self.outputs = self.params["outputs"]  # result key -> output tensor name
+        # errors the members handed on (local runners; see tritonfleet_serving.failed_response)
+        self.handed_on = json.loads(config.get("parameters", {}).get("member_errors", {}).get("string_value", "[]"))
 
     def execute(self, requests):
+        failed = [serving.member_error(r, self.handed_on) for r in requests] if self.handed_on else []
+        if any(failed):
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(e)) if e else self._respond(r)
+                    for r, e in zip(requests, failed)]
         if self.detection or len(requests) == 1:
             return [self._respond(r) for r in requests]
         try:  # one fusion call for the whole dynamic batch, split afterwards

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import triton_python_backend_utils as pb_utils
+import tritonfleet_serving as serving
 from torch.utils import dlpack
 
 DTYPES = {"TYPE_FP32": torch.float32, "TYPE_FP16": torch.float16, "TYPE_FP64": torch.float64,
@@ -47,7 +48,10 @@ class TritonPythonModel:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.input_names = [i["name"] for i in config["input"]]
-        self.outputs = [(o["name"], DTYPES[o["data_type"]]) for o in config["output"]]
+        declared = [o for o in config["output"] if o["name"] not in (serving.MEMBER_ERROR, serving.RAISE_MARKER)]
+        self.outputs = [(o["name"], DTYPES[o["data_type"]]) for o in declared]
+        self.failed_outputs = [(o["name"], pb_utils.triton_string_to_numpy(o["data_type"]), [int(d) for d in o["dims"]])
+                               for o in declared]  # zeros beside an error handed on to the ensemble's final step
 
     def execute(self, requests):
         try:
@@ -61,8 +65,8 @@ class TritonPythonModel:
             if len(result) != len(self.outputs):
                 raise ValueError(f"the model returned {len(result)} outputs, the config declares {len(self.outputs)}")
         except Exception as exc:  # one bad request must not fail the others
-            if len(requests) == 1:
-                return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"torch: {exc}"))]
+            if len(requests) == 1:  # an error, or inside an ensemble handed on to its final step
+                return [serving.failed_response(requests[0], f"torch: {exc}", self.failed_outputs)]
             return [r for req in requests for r in self.execute([req])]
 
         responses, start = [], 0

@@ -136,6 +136,44 @@ def output_tensor(name, value, dtype):
     return pb_utils.Tensor.from_dlpack(name, dlpack.to_dlpack(value.to(torch_dtype).contiguous()))
 
 
+# Member errors inside an ensemble. tritonserver 2.51's ensemble scheduler loses track of a
+# request when one step fails while a sibling step still runs: the client gets the error, but
+# the request stays counted as in flight for good (shutdown then waits its whole exit timeout,
+# and with large inputs the server can stop answering altogether). So a local runner asked for
+# MEMBER_ERROR and not for RAISE_MARKER -- only an ensemble step asks that way; a direct caller
+# asks for one output by name or for all of them -- answers with zero-filled outputs and the
+# error text in MEMBER_ERROR, and the ensemble's final step, which runs when every member has
+# answered, raises it (docs/RELIABILITY.md).
+MEMBER_ERROR = "tritonfleet_error"
+RAISE_MARKER = "tritonfleet_raise"
+
+
+def failed_response(request, message, outputs):
+    """The response of a runner that failed on ``request``: an error, or inside a tritonfleet
+    ensemble ``message`` handed on to the final step. ``outputs``: (name, numpy dtype, dims)."""
+    wanted = set(request.requested_output_names())
+    if MEMBER_ERROR not in wanted or RAISE_MARKER in wanted or tensor_path() != "numpy":
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+    batch = request.inputs()[0].shape()[0]
+    tensors = [from_numpy(name, np.zeros((batch, *[1 if d < 0 else d for d in dims]), dtype))
+               for name, dtype, dims in outputs if name in wanted]
+    text = np.array([[message.encode("utf-8", "replace")]] * batch, dtype=np.object_)
+    return pb_utils.InferenceResponse(output_tensors=[*tensors, pb_utils.Tensor(MEMBER_ERROR, text)])
+
+
+def member_error(request, handed_on):
+    """The first error a member handed on for ``request`` (``handed_on``: [input, member] pairs),
+    as one message naming the member, or None."""
+    for name, member in handed_on:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is not None:
+            text = tensor.as_numpy().reshape(-1)
+            if text.size and text[0]:
+                value = text[0]
+                return f"member '{member}': {value.decode('utf-8', 'replace') if isinstance(value, bytes) else value}"
+    return None
+
+
 class StageError(RuntimeError):
     """A model called through BLS answered with an error."""
 
