@@ -561,6 +561,7 @@ class BuildResult:
     recovered: str | None = None  # what happened to a commit a crash had interrupted
     failed_variants: list[FailedVariant] = field(default_factory=list)
     served_format: ArtifactFormat = ArtifactFormat.ONNX  # the artifact format the pipeline's member steps call
+    notes: list[str] = field(default_factory=list)  # e.g. a config 'tritonfleet tune' committed, kept or replaced
 
     @property
     def missing_required(self) -> list[FailedVariant]:
@@ -622,7 +623,7 @@ def build(
     return BuildResult(repo, spec.name, target, state.plans,
                        {n: b.parity for n, b in members.items()}, {n: b.stats for n, b in members.items()},
                        {n: b.selection for n, b in members.items() if b.selection}, state.fitted, results, removed,
-                       writer.actions, recovered, failed, ArtifactFormat(spec.formats.serve))
+                       writer.actions, recovered, failed, ArtifactFormat(spec.formats.serve), notes=writer.notes)
 
 
 def plan_steps(state: BuildState, manifest: dict[str, Any], writer: RepositoryWriter) -> list[BuildStep]:

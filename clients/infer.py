@@ -95,10 +95,11 @@ class TritonClient:
             self._meta[model] = ModelMetadata.fetch(self._client, model, self.url)
         return self._meta[model]
 
-    def load_model(self, model: str, timeout: float = 60.0) -> None:
-        """Load (or reload) a model; the server must run with explicit model control."""
+    def load_model(self, model: str, timeout: float = 60.0, config: str | None = None) -> None:
+        """Load (or reload) a model; the server must run with explicit model control. ``config``:
+        a ModelConfig as JSON that replaces the model's config.pbtxt for this load (no file changes)."""
         try:
-            self._client.load_model(model)
+            self._client.load_model(model, **({"config": config} if config is not None else {}))
         except self._module.InferenceServerException as exc:
             raise ServerError(f"cannot load model '{model}' at {self.url}: {exc.message()}") from None
         self._meta.pop(model, None)

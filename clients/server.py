@@ -112,6 +112,7 @@ class ServerConfig:
     repository_poll_secs: int = 2
     log_verbose: int = 0
     extra_args: list[str] = field(default_factory=list)
+    load_models: tuple[str, ...] = ("*",)  # explicit mode: the models loaded at start (an ensemble brings its steps)
 
     def to_args(self) -> list[str]:
         args = [
@@ -127,7 +128,7 @@ class ServerConfig:
         if self.model_control_mode == "poll":
             args.append(f"--repository-poll-secs={self.repository_poll_secs}")
         if self.model_control_mode == "explicit":
-            args.append("--load-model=*")
+            args += [f"--load-model={name}" for name in self.load_models]
         return args + list(self.extra_args)
 
 
@@ -139,13 +140,13 @@ class TritonServer:
                  model_control_mode: Literal["none", "poll", "explicit"] = "none",
                  startup_timeout: float = 180.0, extra_args: list[str] | None = None,
                  cpus: set[int] | None = None, supervise: bool = False, env: dict[str, str] | None = None,
-                 python: str | Path | None = None):
+                 python: str | Path | None = None, load_models: list[str] | None = None):
         repository = Path(repository).resolve()
         if not repository.is_dir():
             raise ServerError(f"model repository not found: {repository}; build one with 'tritonfleet build SPEC'")
         self.config = ServerConfig(
             repository, host, http_port, grpc_port, metrics_port, model_control_mode,
-            extra_args=list(extra_args or []),
+            extra_args=list(extra_args or []), load_models=tuple(load_models or ("*",)),
         )
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout = startup_timeout

@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     spec = apply_overrides(load_spec(args.spec), args)
     result = build(spec, target=args.target, output_dir=args.output, spec_path=args.spec, progress=args.progress)
     print_build(result)
+    for line in result.notes:  # configs 'tritonfleet tune' committed: kept, or replaced by the spec's
+        console().print(f"[yellow]note[/] {line}", soft_wrap=True, markup=True, highlight=False)
     missing = result.missing_required
     if missing:
         console().print(f"[bold red]error:[/] {len(missing)} requested variant(s) not built (exit code "

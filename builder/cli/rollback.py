@@ -1,9 +1,12 @@
 """Serve an earlier version of a model (or, with --latest, the newest again).
 
 Writes version_policy into the model's config.pbtxt (through Triton's schema) and the
-manifest in one journaled commit, like a build. A server started by 'tritonfleet serve'
-(watch mode) reloads the model at that commit; with --url, a server in explicit
-model-control mode is told to reload it.
+manifest in one journaled commit, like a build. A version 'tritonfleet tune' committed is
+served with the config it was tuned to, any other with the one it had (rolling back from a
+tuned version restores the default settings); rolling back a tuned ensemble version also
+serves its step models' previous versions. A server started by 'tritonfleet serve' (watch
+mode) reloads the models at that commit; with --url, a server in explicit model-control mode
+is told to reload them.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
         from tritonfleet.clients.infer import TritonClient
 
         with TritonClient(args.url) as client:
+            for other in done.related:  # step models a tuned ensemble version moved with it, first
+                client.load_model(other.model)
             client.load_model(args.model)
-    console().print(f"{done.model}: serving version {done.served} (was {done.previous}; on disk: {done.available})")
+    for other in (*done.related, done):
+        console().print(f"{other.model}: serving version {other.served} (was {other.previous}; on disk: "
+                        f"{other.available})")
     return 0

@@ -17,6 +17,11 @@ to what is there is left untouched (a live server sees no change) and gains an o
 model another pipeline owns is never changed, and a folder tritonfleet did not write is
 never overwritten. Models a pipeline no longer has lose that owner and are removed when
 nobody owns them.
+
+Models ``tritonfleet tune`` committed a tuned config for (the manifest's ``tuned`` record) keep
+it when the build would write the very config they were tuned from and their files are
+unchanged; otherwise the spec's config replaces it and the tuned records are dropped. Either
+way :attr:`RepositoryWriter.notes` says so (the build prints it).
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ class RepositoryWriter:
         self.staging: Path | None = None
         self.models: dict[str, dict[str, Any]] = {}
         self.actions: dict[str, tuple[str, int]] = {}
+        self.notes: list[str] = []        # what the commit did that the user should know (tuned configs)
+        self._kept_tuned: set[str] = set()
 
     def __enter__(self) -> RepositoryWriter:
         self._staging_cm = staging_folder(self.repo)
@@ -117,6 +124,9 @@ class RepositoryWriter:
             others = [o for o in old.get("owners", []) if o != self.pipeline]
             if same_artifact and same_config:
                 actions[name] = ("unchanged", latest)
+            elif same_artifact and (old.get("tuned") or {}).get("base_config_sha256") == record["files"][CONFIG]:
+                actions[name] = ("unchanged", latest)  # the config tune committed, tuned from this very config
+                self._kept_tuned.add(name)
             elif others:
                 problems.append(f"model '{name}' is shared with pipeline {', '.join(others)} and would change "
                                 "(different checkpoint, precision or serving settings)")
@@ -177,12 +187,31 @@ class RepositoryWriter:
             fields = record if new_version else {k: v for k, v in record.items() if k != "version"}
             manifest["models"][name] = {**old, **fields, "version": latest, "owners": owners, "files": tree,
                                         "versions": versions, "version_policy": None}
+            self._tuned_note(name, manifest["models"][name], old)
         manifest["pipelines"][self.pipeline] = {**pipeline_record, "models": sorted(self.models)}
         new_manifest = self.staging / MANIFEST
         write_json_atomic(new_manifest, manifest)
         failpoint("before-commit")
         journal.commit(new_manifest)
         return removed
+
+    def _tuned_note(self, name: str, entry: dict[str, Any], old: Mapping[str, Any]) -> None:
+        """Keep a tuned config the build would not change, or drop every tuned record and say so."""
+        if name in self._kept_tuned:
+            entry["version_policy"] = old.get("version_policy")
+            self.notes.append(f"{name}: kept the config 'tritonfleet tune' committed (version {old['tuned']['version']}); "
+                              "'tritonfleet rollback' serves the default settings again")
+            return
+        tuned = sorted(int(v) for v, rec in entry["versions"].items() if "tuned" in rec)
+        if not tuned and "tuned" not in entry:
+            return
+        entry.pop("tuned", None)
+        for rec in entry["versions"].values():
+            rec.pop("config", None)
+            rec.pop("tuned", None)
+        self.notes.append(f"{name}: the spec's serving settings replace the config 'tritonfleet tune' committed "
+                          f"(version {', '.join(map(str, tuned)) or old.get('version')}): the spec or the model changed "
+                          "since; run 'tritonfleet tune' again to tune it")
 
 
 def _version_files(files: Mapping[str, str], version: int) -> dict[str, str]:
