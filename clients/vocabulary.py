@@ -37,6 +37,7 @@ class ModelKind(_Word):
 
     MEMBER = "member"
     BASELINE = "baseline"
+    STUDENT = "student"    # a single model distilled from an ensemble (tritonfleet distill)
     FUSION = "fusion"
     ENSEMBLE = "ensemble"
     PIPELINE = "pipeline"

@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     spec = apply_overrides(load_spec(args.spec), args)
     result = build(spec, target=args.target, output_dir=args.output, spec_path=args.spec, progress=args.progress)
     print_build(result)
+    from tritonfleet.builder.lifecycle.distill import stale_students
+
+    for line in stale_students(result.repository, result.pipeline):  # students are kept; say when they are stale
+        console().print(f"[yellow]note[/] {line}", soft_wrap=True)
     for line in result.notes:  # configs 'tritonfleet tune' committed: kept, or replaced by the spec's
         console().print(f"[yellow]note[/] {line}", soft_wrap=True, markup=True, highlight=False)
     missing = result.missing_required

@@ -61,6 +61,7 @@ class DataSpec(_Strict):
     """Labelled samples in one ``.npz`` file; each split names its arrays."""
 
     path: ExistingFile
+    train: SplitSpec | None = None  # what `tritonfleet distill` trains a student on (inputs and labels)
     test: SplitSpec | None = None
     validation: SplitSpec | None = None
     calibration: SplitSpec | None = None

@@ -14,6 +14,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from tritonfleet.builder.spec.axes import EngineProfile, engine_axes, engine_problems
 from tritonfleet.builder.spec.common import ModelName, ResolvedPath, _Strict
+from tritonfleet.builder.spec.distillation import DistillationSpec, distillation_problems
 from tritonfleet.builder.spec.formats import FormatSpec, check_formats
 from tritonfleet.builder.spec.fusion import FusionSpec, StageRef
 from tritonfleet.builder.spec.models import MemberSpec, TensorSpec
@@ -45,6 +46,7 @@ class PipelineSpec(_Strict):
     precision: PrecisionSpec = Field(default_factory=PrecisionSpec)
     tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
     formats: FormatSpec = Field(default_factory=FormatSpec)  # onnx, plus torchscript members
+    distillation: DistillationSpec | None = None  # a student trained on the ensemble (tritonfleet distill)
 
     _source_dir: Path | None = PrivateAttr(default=None)  # the folder relative paths were resolved against
 
@@ -69,12 +71,14 @@ class PipelineSpec(_Strict):
             return value
 
         data = relative(self.model_dump(mode="python"))
-        for group in ("members", "baselines"):  # a file.py:Class architecture holds a path too
-            for m in data[group]:
-                arch = m["model"].get("architecture")
-                if arch and ".py:" in arch and base is not None:
-                    target, _, cls = arch.rpartition(":")
-                    m["model"]["architecture"] = f"{relative(Path(target))}:{cls}"
+        models = [m["model"] for group in ("members", "baselines") for m in data[group]]
+        if data.get("distillation"):
+            models.append(data["distillation"]["student"])
+        for model in models:  # a file.py:Class architecture holds a path too
+            arch = model.get("architecture")
+            if arch and ".py:" in arch and base is not None:
+                target, _, cls = arch.rpartition(":")
+                model["architecture"] = f"{relative(Path(target))}:{cls}"
         return data
 
     # ---- derived names and views
@@ -189,6 +193,7 @@ class PipelineSpec(_Strict):
             )
         problems += self._check_graph()
         problems += engine_problems(self.all_models) if self.tensorrt.engines else []
+        problems += distillation_problems(self)
         if not problems:  # the checks below assume a sound graph
             problems += self._check_precisions()
             problems += check_formats(self)

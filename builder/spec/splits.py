@@ -19,7 +19,7 @@ from tritonfleet.builder.spec.sizes import (
 from tritonfleet.clients.dtypes import numpy_dtype
 from tritonfleet.clients.manifest import ManifestError, load_npz
 
-SPLITS = ("test", "validation", "calibration")
+SPLITS = ("test", "validation", "calibration", "train")
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,13 @@ def load_torch_model(source: ModelSource, where: str = "model") -> Any:
     return LoadTorchModel(source, where)()
 
 
+def instantiate(architecture: str, kwargs: dict, where: str = "model") -> Any:
+    """A new, untrained ``nn.Module`` of ``architecture`` (``pkg.module:Class`` or an absolute
+    ``file.py:Class``, as the spec resolves it) built with ``kwargs``; the same errors as loading."""
+    source = ModelSource.model_construct(architecture=architecture, kwargs=dict(kwargs))
+    return LoadTorchModel(source, where)._instantiate()
+
+
 def _import_file(path: Path):
     if not path.is_file():
         raise ConversionError(f"architecture file not found: {path}")

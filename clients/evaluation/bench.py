@@ -2,7 +2,7 @@
 
 The result, :class:`BenchReport`, is plain JSON (``save``/``load``) that
 :mod:`tritonfleet.clients.evaluation.report` renders. Each model entry says what the model is (from the
-repository's ``manifest.json``: member, baseline, ensemble or pipeline; precision; size),
+repository's ``manifest.json``: member, baseline, student, ensemble or pipeline; precision; size),
 its top-1 accuracy on a labelled split measured through the server, and one
 :class:`LoadResult` per concurrency from the asyncio/callback load generator or from
 perf_analyzer.
@@ -32,7 +32,7 @@ from tritonfleet.clients.vocabulary import ModelKind
 @dataclass
 class ModelBench:
     model: str
-    kind: str  # member | baseline | ensemble | pipeline | model
+    kind: str  # member | baseline | student | ensemble | pipeline | model
     precision: str | None = None
     pipeline: str | None = None
     size_bytes: int | None = None
@@ -82,8 +82,8 @@ def describe_models(manifest: Manifest) -> list[ModelBench]:
             continue
         out.append(ModelBench(name, rec.kind, rec.precision, rec.owners[0] if rec.owners else None, rec.size_bytes,
                               member=rec.member, max_abs_error=rec.max_abs_error))
-    order = {"member": 0, "baseline": 1, "ensemble": 2, "pipeline": 3}
-    return sorted(out, key=lambda m: (order.get(m.kind, 4), m.model))
+    order = {"member": 0, "baseline": 1, "student": 2, "ensemble": 3, "pipeline": 4}
+    return sorted(out, key=lambda m: (order.get(m.kind, 5), m.model))
 
 
 def accepts(repository: Path, model: str, inputs: Sequence[np.ndarray]) -> bool:

@@ -22,7 +22,7 @@ from tritonfleet.clients.evaluation.bench import BenchReport, ModelBench
 
 PLOTS = ("throughput_vs_concurrency.png", "latency_vs_concurrency.png", "pareto.png")
 KIND_STYLE = {"member": ("o", "tab:blue"), "baseline": ("s", "tab:orange"), "ensemble": ("D", "tab:green"),
-              "pipeline": ("^", "tab:purple")}
+              "pipeline": ("^", "tab:purple"), "student": ("*", "tab:red")}
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:

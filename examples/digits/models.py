@@ -91,3 +91,26 @@ class DigitsHead(nn.Module):
 
     def forward(self, features):
         return self.classifier(features)
+
+
+class StudentCNN(nn.Module):
+    """The distillation student (``tritonfleet distill``): three conv-BN-ReLU layers and one linear
+    layer, about the cost of one small member; no dropout (the teacher's soft labels regularise)."""
+
+    def __init__(self, width: int = 16, num_classes: int = 10):
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+        self.features = nn.Sequential(
+            block(1, width),
+            block(width, 2 * width),
+            nn.MaxPool2d(2),  # 8x8 -> 4x4
+            block(2 * width, 2 * width),
+            nn.MaxPool2d(2),  # 4x4 -> 2x2
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 4, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
