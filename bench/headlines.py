@@ -25,6 +25,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "backend_overhead": ("Python-backend ORT member ÷ in-process ORT", "backend_overhead.py"),
     "runner_cost": ("where a Python-backend member's time goes", "runner_cost.py"),
     "compiled_vs_ensemble": ("compiled pipeline vs ensemble", "compiled_vs_ensemble.py"),
+    "tune": ("`tune` on the `digits` ensemble: tuned ÷ default throughput", "tune_digits.py"),
     "loadgen_vs_pa": ("own load generator ÷ perf_analyzer", "loadgen_vs_perf_analyzer.py"),
     "small_vs_large": ("small ensembles vs one large model", "small_vs_large.py"),
     "cascade": ("cascade: escalation, accuracy and throughput per threshold", "cascade_tradeoff.py"),

@@ -65,3 +65,39 @@ def test_gpu_check_prints_the_gpu_recipe_and_rerenders_a_saved_run(tmp_path):
     assert "- CUDA shm ÷ in-process, fp16, batch 32: 0.90 [0.75–0.95] — goal >= 0.8: MISSED" in proc.stdout
     assert ("- best served variant at batch 32 (fp16, cuda): 900/s vs torch.compile fp16 channels_last in-process "
             "1,000/s — goal >=: MISSED") in proc.stdout
+
+
+def test_tune_digits_smoke(triton, tmp_path, capsys):
+    """tune --dry-run on the session server's digits ensemble, then the default against the compared
+    candidate in ABBA rounds; afterwards the server serves the repository's configs again."""
+    import importlib
+
+    from tritonfleet.builder.lifecycle.tune.space import read_settings
+    from tritonfleet.clients.model_config import parse_pbtxt
+
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    repo, out = triton.config.repository, tmp_path / "tune.json"
+    argv = ["--smoke", "--url", triton.url("grpc"), "--repository", str(repo), "--json", str(out)]
+    assert importlib.import_module("tune_digits").main(argv) == 0
+    data, printed = json.loads(out.read_text()), capsys.readouterr().out
+    assert data["models"][-1] == "digits_fusion" and len(data["models"]) >= 3
+    assert data["candidates"][0]["label"] == "default" and len(data["candidates"]) == 2
+    rounds = data["rounds"]
+    assert rounds["sides"] == ["default", "tuned"] and len(rounds["rounds"]) == 2
+    assert all(r[s]["value"] > 0 and r[s]["errors"] == 0 for r in rounds["rounds"] for s in ("default", "tuned"))
+    ratios = [rounds["rounds"][i]["tuned"]["value"] / rounds["rounds"][i]["default"]["value"] for i in rounds["kept"]]
+    assert data["ratio"]["n"] == len(ratios)
+    if ratios:
+        assert data["ratio"]["min"] <= data["ratio"]["median"] <= data["ratio"]["max"]
+        assert min(ratios) == data["ratio"]["min"] and max(ratios) == data["ratio"]["max"]
+    assert ("The default is already best on this machine" in printed) != data["improved"]
+    assert "| 0 | default |" in printed and "Verdict (the ratio > 1 in every kept round" in printed
+    client = triton.client("grpc")
+    try:
+        for model in data["models"]:
+            served = client._client.get_model_config(model, as_json=True)["config"]
+            disk = read_settings(parse_pbtxt((repo / model / "config.pbtxt").read_text()))
+            assert int(served["instance_group"][0]["count"]) == disk.instances, model
+    finally:
+        client.close()

@@ -151,7 +151,7 @@ def test_tune_an_ensemble_moves_its_steps_jointly_and_rolls_back_together(small,
 
     with TritonServer(repo, model_control_mode="explicit") as server, TritonClient(server.url("grpc")) as client:
         url = server.url("grpc")
-        options = TuneOptions(budget=3, window_s=0.3, warmup_s=0.2, max_windows=3, stability_pct=50, concurrency=4,
+        options = TuneOptions(budget=2, window_s=0.3, warmup_s=0.2, max_windows=3, stability_pct=50, concurrency=4,
                               url=url, progress=False)
         result = tune(repo, "digits", options, output=tmp_path / "report")
         data = json.loads((tmp_path / "report" / "tune.json").read_text())

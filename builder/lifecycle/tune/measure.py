@@ -3,7 +3,8 @@
 Candidates are loaded through Triton's model-repository API in explicit model-control mode:
 ``load_model(name, config=<ModelConfig JSON>)`` reloads a model with a config that replaces
 its ``config.pbtxt`` for that load, from the model's own folder, without writing a file. Only
-the models whose settings change are reloaded (members before the ensemble that calls them).
+the models whose settings change are reloaded, all at once (Triton loads them in parallel),
+before the ensemble that calls them when it is reloaded itself (after a commit).
 A candidate that fails to load is flagged (Triton keeps serving the previous config).
 
 Before it is measured, a candidate must answer a fixed probe batch like the default did
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,21 +84,38 @@ class CandidateServer:
 
     def load_defaults(self) -> None:
         """Serve exactly the repository's configs (a server given with --url may run others)."""
-        for model in self.models:
-            self._load(model, self.disk_config(model))
+        failed = self._load_all({m: self.disk_config(m) for m in self.models})
+        if failed:
+            raise ServerError("cannot load the repository's configs: " + "; ".join(f"{m}: {e}" for m, e in failed.items()))
         self.client.wait_ready([self.target], self.load.load_timeout_s)
         self.loaded = dict(self.defaults)
 
+    def _load_all(self, configs: Mapping[str, object]) -> dict[str, str]:
+        """Load several models at once (Triton loads them in parallel); model -> error of those that failed."""
+        def one(item):
+            model, proto = item
+            try:
+                self._load(model, proto)
+            except ServerError as exc:
+                return model, str(exc).split(": ", 1)[-1][:200]
+            return model, None
+
+        if len(configs) <= 1:
+            results = [one(item) for item in configs.items()]
+        else:
+            with ThreadPoolExecutor(len(configs)) as pool:
+                results = list(pool.map(one, configs.items()))
+        return {model: error for model, error in results if error}
+
     def apply(self, settings: Mapping[str, Settings]) -> str | None:
         """Load the models whose settings differ from what is loaded; the problem, or None."""
-        for model in self.models:
-            if settings[model] == self.loaded[model]:
-                continue
-            try:
-                self._load(model, apply_settings(self.disk_config(model), settings[model]))
-            except ServerError as exc:
-                return f"failed to load {model}: {str(exc).split(': ', 1)[-1][:200]}"
-            self.loaded[model] = settings[model]
+        todo = {m: apply_settings(self.disk_config(m), settings[m]) for m in self.models if settings[m] != self.loaded[m]}
+        failed = self._load_all(todo)
+        for model in todo:
+            if model not in failed:
+                self.loaded[model] = settings[model]
+        if failed:
+            return "; ".join(f"failed to load {m}: {e}" for m, e in failed.items())
         try:
             self.client.wait_ready([self.target], self.load.load_timeout_s)
         except ServerError as exc:
@@ -106,10 +125,15 @@ class CandidateServer:
     def restore(self, models: Sequence[str] | None = None) -> None:
         """Load the configs on disk again: the changed models, or ``models`` (after a commit)."""
         todo = [m for m in self.models if self.loaded[m] != self.defaults[m]] if models is None else list(models)
-        for model in todo:
+        steps = [m for m in todo if m in self.defaults]
+        failed = self._load_all({m: self.disk_config(m) for m in steps})  # step models first, at once
+        for model in [m for m in todo if m not in self.defaults]:       # then the ensemble that calls them
             self._load(model, self.disk_config(model))
-            if model in self.defaults:
-                self.loaded[model] = self.defaults[model]
+        if failed:
+            raise ServerError("cannot load the repository's configs again: "
+                              + "; ".join(f"{m}: {e}" for m, e in failed.items()))
+        for model in steps:
+            self.loaded[model] = self.defaults[model]
         self.client.wait_ready([self.target], self.load.load_timeout_s)
 
     # ------------------------------------------------------------------ answers

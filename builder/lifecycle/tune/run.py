@@ -197,7 +197,7 @@ def tune(repo: Path, model: str, options: TuneOptions | None = None, output: Pat
             commit, decision = search.decision()
             if commit and options.dry_run:
                 decision += " (--dry-run: nothing committed)"
-            elif commit:
+            if commit and not options.dry_run:
                 winner = search.winner.settings
                 configs = {m: apply_settings(protos[m], winner[m]) for m in models if winner[m] != defaults[m]}
                 details = {"objective": options.objective, "latency_budget_ms": search.goal.latency_budget_ms,
