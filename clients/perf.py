@@ -13,7 +13,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +28,8 @@ from typing import Literal
 import numpy as np
 
 from tritonfleet.clients.errors import MissingDependencyError, ServerError, UsageError
-from tritonfleet.clients.loadgen import LoadResult, ServerTime
+from tritonfleet.clients.loadgen import LoadResult, ServerTime, WindowStats
+from tritonfleet.clients.loadgen.windows import spread
 
 INSTALL_HINT = ("install it with: pip install 'tritonclient[all]==2.51.0' nvidia-cuda-runtime-cu12 and "
                 "apt-get install -y libb64-0d (newer perf_analyzer builds need glibc >= 2.38)")
@@ -49,7 +52,8 @@ class PerfAnalyzerConfig:
     def to_args(self, binary: Path, csv_path: Path) -> list[str]:
         args = [str(binary), "-m", self.model, "-u", self.url, "-i", self.protocol, "-b", str(self.batch_size),
                 "-f", str(csv_path), "--measurement-interval", str(self.measurement_interval_ms),
-                "-s", f"{self.stability_pct:g}", "-r", str(self.max_trials), "--verbose-csv"]
+                "-s", f"{self.stability_pct:g}", "-r", str(self.max_trials), "--verbose-csv",
+                "-v"]  # -v prints every window ("Pass [n] ..."): read for the windows and for unstable runs
         if self.request_rate:
             args += ["--request-rate-range", _range(self.request_rate)]
         else:
@@ -111,10 +115,68 @@ def run_perf_analyzer(config: PerfAnalyzerConfig, timeout: float = 900) -> list[
         if "error while loading shared libraries" in output:
             missing = output.split("error while loading shared libraries:", 1)[1].split(":")[0].strip()
             raise MissingDependencyError(f"perf_analyzer cannot start: {missing} is missing; {INSTALL_HINT}")
+        blocks = parse_perf_windows(output, config.measurement_interval_ms / 1e3, config.batch_size)
         if proc.returncode != 0 or not csv_path.is_file():
+            if UNSTABLE in output and len(blocks) == 1 and blocks[0].unstable:
+                return [blocks[0].unstable_result(config)]  # no CSV then: its windows are all there is
             tail = "\n".join(output.strip().splitlines()[-8:])
+            if UNSTABLE in output:
+                tail += "\n(an unstable level stops a perf_analyzer sweep: measure one level per call to see its windows)"
             raise ServerError(f"perf_analyzer failed on model '{config.model}' (exit {proc.returncode}):\n{tail}")
-        return parse_perf_csv(csv_path.read_text(), config.model, config.batch_size)
+        results = parse_perf_csv(csv_path.read_text(), config.model, config.batch_size)
+        if len(blocks) == len(results):
+            results = [block.attach(r) for block, r in zip(blocks, results)]
+        return results
+
+
+UNSTABLE = "Failed to obtain stable measurement"
+_LEVEL = re.compile(r"^\s*Request (?:concurrency|Rate): ([0-9.]+)", re.M)
+_PASS = re.compile(r"Pass \[(\d+)\] throughput: ([0-9.eE+-]+) infer/sec\. Avg latency: ([0-9.eE+-]+) usec")
+
+
+@dataclass
+class PerfWindows:
+    """The measurement windows (``Pass [n]`` lines of ``-v``) perf_analyzer printed for one level."""
+
+    level: float
+    windows: list[WindowStats]
+    unstable: bool  # perf_analyzer gave up: no window triple met its rule
+
+    def attach(self, result: LoadResult, stable_windows: int = 3) -> LoadResult:
+        """``result`` (from the CSV) with the windows behind it and their spread."""
+        reported = self.windows[-stable_windows:]
+        result.windows, result.reported_windows = list(self.windows), len(reported)
+        result.throughput_spread = spread([w.requests_per_s for w in reported])
+        result.latency_spread = spread([w.mean_latency_ms for w in reported])
+        return result
+
+    def unstable_result(self, config: PerfAnalyzerConfig, stable_windows: int = 3) -> LoadResult:
+        """What the last windows measured, flagged ``stable=False`` (as the load generator reports it)."""
+        reported = self.windows[-stable_windows:]
+        requests = float(np.mean([w.requests_per_s for w in reported])) if reported else math.nan
+        latency = {"mean": float(np.mean([w.mean_latency_ms for w in reported]))} if reported else {}
+        rate_mode = bool(config.request_rate)
+        result = LoadResult(
+            model=config.model, mode="rate" if rate_mode else "concurrency",
+            concurrency=0 if rate_mode else int(self.level), request_rate=self.level if rate_mode else None,
+            batch_size=config.batch_size, seconds=sum(w.seconds for w in reported), requests=0, errors=0,
+            stable=False, requests_per_s=requests, infer_per_s=requests * config.batch_size, latency_ms=latency,
+            engine="perf_analyzer")
+        return self.attach(result, stable_windows)
+
+
+def parse_perf_windows(output: str, window_s: float, batch_size: int = 1) -> list[PerfWindows]:
+    """Every level's windows from perf_analyzer's verbose output (stdout, then stderr, where its error
+    about an unstable level lands in the last block): its infer/s over ``batch_size`` as requests/s,
+    its average latency in ms."""
+    heads = list(_LEVEL.finditer(output))
+    out = []
+    for i, head in enumerate(heads):
+        body = output[head.end(): heads[i + 1].start() if i + 1 < len(heads) else len(output)]
+        windows = [WindowStats(0.0, window_s, 0, 0, float(m.group(2)) / batch_size, float(m.group(3)) / 1e3)
+                   for m in _PASS.finditer(body)]
+        out.append(PerfWindows(float(head.group(1)), windows, UNSTABLE in body))
+    return out
 
 
 def parse_perf_csv(text: str, model: str, batch_size: int = 1) -> list[LoadResult]:
@@ -136,8 +198,9 @@ def parse_perf_csv(text: str, model: str, batch_size: int = 1) -> list[LoadResul
         results.append(LoadResult(
             model=model, mode="rate" if rate_mode else "concurrency",
             concurrency=0 if rate_mode else int(level), request_rate=level if rate_mode else None,
-            batch_size=batch_size, seconds=0.0, requests=0, errors=0, stable=True,
+            batch_size=batch_size, seconds=0.0, requests=0, errors=0, stable=True,  # an unstable level has no row
             requests_per_s=infer_per_s / batch_size, infer_per_s=infer_per_s, latency_ms=latency, server=server,
+            engine="perf_analyzer",
         ))
     return results
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -65,6 +68,120 @@ def test_gpu_check_prints_the_gpu_recipe_and_rerenders_a_saved_run(tmp_path):
     assert "- CUDA shm ÷ in-process, fp16, batch 32: 0.90 [0.75–0.95] — goal >= 0.8: MISSED" in proc.stdout
     assert ("- best served variant at batch 32 (fp16, cuda): 900/s vs torch.compile fp16 channels_last in-process "
             "1,000/s — goal >=: MISSED") in proc.stdout
+
+
+# --------------------------------------------------------------------------- issue 12: smoke runs of every script
+# In-process (no interpreter start per script), against the session server where a script can use one.
+def bench_module(name: str):
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    return importlib.import_module(name)
+
+
+def run_script(name: str, argv: list, capsys) -> tuple[object, str]:
+    module = bench_module(name)
+    out = argv[argv.index("--json") + 1]
+    assert module.main([str(a) for a in argv]) == 0
+    return json.loads(out.read_text()), capsys.readouterr().out
+
+
+def served(triton, tmp_path) -> list:
+    return ["--smoke", "--url", triton.url("grpc"), "--repository", triton.config.repository, "--json",
+            tmp_path / "out.json"]
+
+
+def check_rounds(rounds: dict, sides: list[str], n: int) -> list[int]:
+    """ABBA rounds in the JSON: every side measured every round; kept = rounds where every side was stable."""
+    assert rounds["sides"] == sides and len(rounds["rounds"]) == n
+    for r in rounds["rounds"]:
+        assert set(r) == set(sides) and all(r[s]["value"] > 0 and isinstance(r[s]["stable"], bool) for s in sides)
+    kept = [i for i, r in enumerate(rounds["rounds"]) if all(r[s]["stable"] for s in sides)]
+    assert rounds["kept"] == kept and rounds["excluded"] == n - len(kept)
+    return kept
+
+
+def check_ratio(ratio: dict, per_round: list[float]) -> None:
+    assert ratio["n"] == len(per_round)
+    if per_round:
+        assert ratio["min"] == pytest.approx(min(per_round)) and ratio["max"] == pytest.approx(max(per_round))
+        assert ratio["min"] <= ratio["median"] <= ratio["max"]
+
+
+def test_loadgen_vs_perf_analyzer_smoke(triton, tmp_path, capsys):
+    (row,), out = run_script("loadgen_vs_perf_analyzer", served(triton, tmp_path), capsys)
+    verdict = bench_module("loadgen_vs_perf_analyzer").verdict
+
+    rounds = row["rounds"]
+    kept = check_rounds(rounds, ["perf_analyzer", "loadgen"], 2)
+    values = rounds["rounds"]
+    check_ratio(row["ratio"], [values[i]["loadgen"]["value"] / values[i]["perf_analyzer"]["value"] for i in kept])
+    assert row["verdict"] == verdict(row["ratio"], row["perf_analyzer_spread"], 0.05)
+    assert all(r[s]["cpu_us_per_request"] > 0 for r in values for s in ("perf_analyzer", "loadgen"))
+    assert "| shared | cnn_small_a | 8 |" in out and "excluded for both sides" in out
+
+
+def test_ensemble_vs_client_smoke(triton, tmp_path, capsys):
+    (row,), out = run_script("ensemble_vs_client", served(triton, tmp_path), capsys)
+    assert row["batch"] == 1 and row["max_abs_diff"] <= 1e-5  # same answers before timing
+    kept = check_rounds(row["rounds"], ["ensemble", "client_side"], 2)
+    values = row["rounds"]["rounds"]
+    check_ratio(row["ratio"], [values[i]["ensemble"]["value"] / values[i]["client_side"]["value"] for i in kept])
+    assert all(r[s]["errors"] == 0 for r in values for s in ("ensemble", "client_side"))
+
+
+def test_fusion_report_smoke(triton, tmp_path, capsys):
+    data, out = run_script("fusion_report", served(triton, tmp_path), capsys)
+    assert [r["model"] for r in data["accuracy"]] == ["cnn_small_a", "digits"]
+    assert all(r["accuracy"] > 0.9 and isinstance(r["load"]["stable"], bool) for r in data["accuracy"])
+    (cost,) = data["cost"]
+    kept = check_rounds(cost["rounds"], ["server", "math"], 2)
+    values = cost["rounds"]["rounds"]
+    for r in values:
+        server = r["server"]
+        assert 0 < server["fusion_step_us"] < server["value"]  # the step is part of the ensemble's time
+        assert server["fusion_requests_per_execution"] == pytest.approx(1.0)  # concurrency 1: fused the batch sent
+    check_ratio(cost["fusion_math_share"], [values[i]["math"]["value"] / values[i]["server"]["value"] for i in kept])
+    check_ratio(cost["fusion_step_share"],
+                [values[i]["server"]["fusion_step_us"] / values[i]["server"]["value"] for i in kept])
+
+
+def test_cascade_tradeoff_smoke(triton, tmp_path, capsys):
+    rows, out = run_script("cascade_tradeoff", served(triton, tmp_path), capsys)
+    assert [r["setting"] for r in rows] == ["cnn_small_a alone", "cnn_large alone", "cascade, threshold 0.5",
+                                            "cascade, threshold 0.99"]
+    for r in rows:
+        acc = r["accuracy"]
+        assert acc["low"] <= acc["estimate"] <= acc["high"] and acc["samples"] == 360
+        assert isinstance(r["load"]["stable"], bool)
+    assert rows[2]["escalated"] <= rows[3]["escalated"]  # a higher threshold escalates at least as often
+
+
+def test_precision_served_smoke(triton, tmp_path, capsys):
+    rows, out = run_script("precision_served", served(triton, tmp_path), capsys)
+    module = bench_module("precision_served")
+    GOALS, verdict = module.GOALS, module.verdict
+
+    by = {r["precision"]: r for r in rows}
+    assert set(by) == {"fp32", "fp16", "int8"} and all(r["member"] == "cnn_small_a" for r in rows)
+    for p in ("fp16", "int8"):
+        drop = by[p]["drop"]
+        assert drop["estimate"] == pytest.approx(by["fp32"]["accuracy"]["estimate"] - by[p]["accuracy"]["estimate"])
+        assert drop["low"] <= drop["estimate"] <= drop["high"]
+        assert by[p]["verdict"] == verdict(drop["low"], drop["high"], GOALS[p])
+
+
+def test_backend_overhead_smoke_runs_without_dynamic_batching(artifacts, tmp_path, capsys):
+    argv = ["--smoke", "--artifacts", artifacts, "--output", tmp_path / "model_repository", "--json", tmp_path / "o.json"]
+    rows, out = run_script("backend_overhead", argv, capsys)
+    config = (tmp_path / "model_repository" / "cnn_small_a" / "config.pbtxt").read_text()
+    assert "dynamic_batching" not in config
+    assert [(r["model"], r["batch"]) for r in rows] == [("cnn_small_a", 1), ("cnn_small_a", 16)]
+    for row in rows:
+        kept = check_rounds(row["rounds"], ["in_process", "served"], 2)
+        values = row["rounds"]["rounds"]
+        assert row["requests_per_execution"] == [1.0, 1.0]  # Triton ran each request alone: the batch asked for
+        check_ratio(row["ratio"], [values[i]["served"]["value"] / values[i]["in_process"]["value"] for i in kept])
+    assert "dynamic batching off" in out
 
 
 def test_tune_digits_smoke(triton, tmp_path, capsys):

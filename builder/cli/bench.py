@@ -33,6 +33,9 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--window", type=positive_float, default=1.0, help="seconds per measurement window (default 1)")
     group.add_argument("--max-windows", type=positive_int, default=10,
                        help="give up on stability after this many windows (default 10, as perf_analyzer)")
+    group.add_argument("--stability-pct", type=positive_float, default=10.0,
+                       help="stable when max/min of the last 3 windows <= 1 + this/100, for throughput and latency "
+                            "(default 10, as perf_analyzer)")
     group.add_argument("--engine", choices=("loadgen", "perf_analyzer"), default="loadgen",
                        help="who sends the load (default: tritonfleet's load generator)")
     group.add_argument("--split", default="test", help="labelled split recorded by the build (default: test)")
@@ -79,7 +82,8 @@ def run_bench(args: argparse.Namespace, repository: Path, url: str | None = None
 
     def go(target: str):
         return sweep(target, models, inputs, labels, args.concurrency, args.batch_size, args.window, args.engine,
-                     progress=args.progress, meta=meta, max_windows=args.max_windows)
+                     progress=args.progress, meta=meta, max_windows=args.max_windows,
+                     stability_pct=args.stability_pct)
 
     if url:
         return go(url)
@@ -111,5 +115,6 @@ def print_bench(report) -> None:
                       "yes" if not unstable else f"[yellow]no at {','.join(map(str, unstable))}[/]")
     console().print(table)
     if report.unstable:
+        pct = report.meta.get("stability_pct", 10.0)
         console().print(f"[yellow]unstable[/]: {', '.join(report.unstable)} never met the stability rule "
-                        "(last 3 windows within 10%); their numbers are the last 3 windows")
+                        f"(last 3 windows, max/min <= {1 + pct / 100:g}); their numbers are the last 3 windows")

@@ -120,6 +120,7 @@ def sweep(
     progress: bool = True,
     meta: dict | None = None,
     max_windows: int = 10,
+    stability_pct: float = 10.0,
 ) -> BenchReport:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -136,7 +137,8 @@ def sweep(
             bar.advance(task)
             for conc in concurrencies:
                 bar.update(task, description=f"{model.model} concurrency {conc}")
-                entry.runs.append(_measure(url, model.model, conc, batch_size, window_s, engine, inputs, max_windows))
+                entry.runs.append(_measure(url, model.model, conc, batch_size, window_s, engine, inputs, max_windows,
+                                           stability_pct))
                 bar.advance(task)
             results.append(entry)
     info = {
@@ -144,21 +146,24 @@ def sweep(
         "machine": f"{platform.machine()}, {_cpu_count()} CPUs, {platform.system()}",
         "url": url, "engine": engine, "batch_size": batch_size, "concurrency": list(concurrencies),
         "window_s": window_s, "max_windows": max_windows,
-        "stability": "last 3 windows, max/min <= 1.1 for throughput and latency (perf_analyzer's rule)",
+        "stability": f"last 3 windows, max/min <= {1 + stability_pct / 100:g} for throughput and latency "
+                     "(perf_analyzer's rule)",
+        "stability_pct": stability_pct,
         **(meta or {}),
     }
     return BenchReport(info, results)
 
 
-def _measure(url, model, concurrency, batch_size, window_s, engine, inputs, max_windows) -> LoadResult:
+def _measure(url, model, concurrency, batch_size, window_s, engine, inputs, max_windows,
+             stability_pct: float = 10.0) -> LoadResult:
     if engine == "perf_analyzer":
         from tritonfleet.clients.perf import PerfAnalyzerConfig, run_perf_analyzer
 
         return run_perf_analyzer(PerfAnalyzerConfig(model, url, concurrency=(concurrency,), batch_size=batch_size,
                                                     measurement_interval_ms=int(window_s * 1000),
-                                                    max_trials=max_windows))[0]
+                                                    stability_pct=stability_pct, max_trials=max_windows))[0]
     config = LoadConfig(model, concurrency=concurrency, batch_size=batch_size, warmup_s=min(1.0, window_s),
-                        window_s=window_s, max_windows=max_windows)
+                        window_s=window_s, max_windows=max_windows, stability_pct=stability_pct)
     return run_load(url, config, inputs)
 
 

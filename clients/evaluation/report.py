@@ -58,6 +58,7 @@ def _rows(report: BenchReport) -> list[dict]:
             "p50": "-" if peak is None or "p50" not in peak.latency_ms else f"{peak.latency_ms['p50']:.2f}",
             "p99": "-" if peak is None or "p99" not in peak.latency_ms else f"{peak.latency_ms['p99']:.2f}",
             "errors": str(sum(r.errors for r in m.runs)),
+            "stable": stability(m),
             "pareto": "yes" if front.get(m.model) else "",
         })
     return rows
@@ -66,7 +67,17 @@ def _rows(report: BenchReport) -> list[dict]:
 COLUMNS = [("model", "model"), ("kind", "kind"), ("precision", "precision"), ("accuracy", "top-1"),
            ("drop", "drop vs fp32 (pt)"), ("error", "max abs err vs PyTorch"), ("size", "size"),
            ("peak", "peak infer/s"), ("at", "at concurrency"), ("p50", "p50 ms"),
-           ("p99", "p99 ms"), ("errors", "errors"), ("pareto", "Pareto front")]
+           ("p99", "p99 ms"), ("errors", "errors"), ("stable", "stable"), ("pareto", "Pareto front")]
+UNSTABLE_NOTE = ("never met perf_analyzer's stability rule (last 3 windows, max/min <= 1.1 for throughput and latency); "
+                 "their numbers are those last 3 windows, not a stable measurement")
+
+
+def stability(m: ModelBench) -> str:
+    """``yes``, ``-`` (not measured) or ``NO at 1,8``: the concurrencies whose run was unstable."""
+    if not m.runs:
+        return "-"
+    unstable = [str(r.concurrency) for r in m.runs if not r.stable]
+    return "yes" if not unstable else f"NO at {','.join(unstable)}"
 
 
 def _figure(width=7.5, height=4.5):
@@ -136,6 +147,7 @@ def _markdown(report: BenchReport, rows: list[dict]) -> str:
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "|".join(" --- " for _ in COLUMNS) + "|",
         *("| " + " | ".join(row[key] for key, _ in COLUMNS) + " |" for row in rows),
+        *(["", f"**Unstable:** {', '.join(report.unstable)} {UNSTABLE_NOTE}."] if report.unstable else []),
         "", "![Accuracy vs throughput](pareto.png)", "",
         "![Throughput vs concurrency](throughput_vs_concurrency.png)", "",
         "![Latency vs concurrency](latency_vs_concurrency.png)", "",
@@ -147,6 +159,8 @@ def _html(report: BenchReport, rows: list[dict], out: Path) -> str:
     meta = report.meta
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(row[k])}</td>" for k, _ in COLUMNS) + "</tr>" for row in rows)
+    unstable = (f"<p><strong>Unstable:</strong> {html.escape(', '.join(report.unstable))} {html.escape(UNSTABLE_NOTE)}.</p>"
+                if report.unstable else "")
     images = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,'
         f'{base64.b64encode((out / name).read_bytes()).decode()}"></figure>' for name in (PLOTS[2], *PLOTS[:2])
@@ -159,7 +173,7 @@ img{{max-width:100%}}</style></head><body><h1>tritonfleet benchmark report</h1>
 client {html.escape(str(meta.get('engine')))}, batch {meta.get('batch_size')},
 concurrency {html.escape(str(meta.get('concurrency')))} &middot; accuracy:
 {html.escape(str(meta.get('dataset', 'not measured')))}</p>
-<table><tr>{head}</tr>{body}</table>{images}</body></html>"""
+<table><tr>{head}</tr>{body}</table>{unstable}{images}</body></html>"""
 
 
 def render(report: BenchReport, out_dir: Path) -> Path:

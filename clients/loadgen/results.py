@@ -32,6 +32,7 @@ class ServerTime:
     compute_input_us: float
     compute_infer_us: float
     compute_output_us: float
+    request_us: float = math.nan  # server-side time per successful request (queue to response), end to end
 
     @property
     def compute_us(self) -> float:
@@ -166,7 +167,7 @@ def diff_statistics(before: dict[str, dict], after: dict[str, dict]) -> dict[str
             continue
         executions = int(a.get("execution_count", 0)) - int(b.get("execution_count", 0))
         per = {section: (total(a, section, "ns") - total(b, section, "ns")) / requests / 1e3
-               for section in ("queue", "compute_input", "compute_infer", "compute_output")}
+               for section in ("success", "queue", "compute_input", "compute_infer", "compute_output")}
         out[name] = ServerTime(requests, executions, per["queue"], per["compute_input"], per["compute_infer"],
-                               per["compute_output"])
+                               per["compute_output"], per["success"])
     return out
