@@ -133,9 +133,9 @@ class AbbaRun:
     rounds: list[dict] = field(default_factory=list)  # round -> {side: Sample}
 
     def kept(self) -> list[int]:
-        """Rounds in which every side was measured and stable (:data:`UNSTABLE_RULE`)."""
-        return [i for i, r in enumerate(self.rounds)
-                if all(s in r and r[s].stable and math.isfinite(r[s].value) for s in self.sides)]
+        """Rounds in which every side was measured (a positive, finite value) and stable (:data:`UNSTABLE_RULE`)."""
+        return [i for i, r in enumerate(self.rounds) if all(s in r and r[s].stable and _positive(r[s].value)
+                                                            for s in self.sides)]
 
     @property
     def excluded(self) -> int:
@@ -152,7 +152,7 @@ class AbbaRun:
 
     def unstable(self, side) -> int:
         """Rounds in which ``side`` never met the stability rule (or measured nothing)."""
-        return sum(1 for r in self.rounds if side not in r or not r[side].stable or not math.isfinite(r[side].value))
+        return sum(1 for r in self.rounds if side not in r or not r[side].stable or not _positive(r[side].value))
 
     def kept_text(self) -> str:
         """``4 of 6`` or ``4 of 6 (unstable: a 1, b 2)``, for a table cell."""
@@ -167,6 +167,10 @@ class AbbaRun:
         return {"sides": [str(s) for s in self.sides], "kept": self.kept(), "excluded": self.excluded,
                 "rounds": [{str(k): {"value": v.value, "stable": v.stable, **v.extra} for k, v in r.items()}
                            for r in self.rounds]}
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
 
 
 def run_abba(measure: Callable[[object, int], Sample], sides: Sequence, rounds: int) -> AbbaRun:

@@ -1,12 +1,16 @@
 """Server-side ensemble vs the same pipeline fused in the client, side by side.
 
     python bench/ensemble_vs_client.py [--record]
+    python bench/ensemble_vs_client.py --smoke          # batch 1, two short rounds
 
 Server side: one request per sample batch to the ``digits`` ensemble (members and fusion
-run inside Triton). Client side: for each batch the client calls the three members itself
-(concurrently) and fuses their outputs with the same ``ops.fuse``. Both use the same asyncio
-gRPC client code, concurrency and batches, in alternating rounds; the ratio is the median of
-per-round throughput ratios. Goal: >= 1.5x.
+run inside Triton). Client side: for each batch the client calls the ensemble's members
+itself (concurrently) and fuses their outputs with the same ``ops.fuse`` and the same
+parameters the ensemble's fusion step reads from its config. Before timing, both answers
+are compared on one batch. Both sides use the same asyncio gRPC client code, concurrency,
+batches and windows (until perf_analyzer's stability rule holds: last 3 windows, max/min
+<= 1.1 for throughput and latency), in ABBA rounds (ensemble, client | client, ensemble |
+...); the ratio is the median of per-round throughput ratios with its min–max. Goal: >= 1.5x.
 """
 
 from __future__ import annotations
@@ -17,84 +21,174 @@ import time
 
 import numpy as np
 
-from common import ROOT, SPEC_DIR, bench_parser, machine, markdown_table, publish, today
+from common import (
+    ROOT,
+    Sample,
+    add_server_args,
+    bench_parser,
+    check_server_args,
+    fmt_ratio,
+    fusion_step,
+    goal_verdict,
+    headline,
+    labelled,
+    machine,
+    markdown_table,
+    publish,
+    run_abba,
+    serving,
+    today,
+)
 
-MEMBERS = ("cnn_small_a", "cnn_small_b", "cnn_small_c")
+GOAL = 1.5
+SIDES = ("ensemble", "client_side")
+ENSEMBLE = "digits"
 
 
-async def _throughput(url: str, batches, concurrency: int, seconds: float, client_side: bool) -> float:
-    import tritonclient.grpc.aio as grpcclient
+def parse(argv):
+    parser = bench_parser(__doc__)
+    add_server_args(parser)
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=6, help="ABBA rounds; each measures both sides once")
+    parser.add_argument("--window", type=float, default=2.0, help="seconds per measurement window (both sides)")
+    parser.add_argument("--max-windows", type=int, default=8)
+    parser.add_argument("--smoke", action="store_true", help="batch 1, 2 rounds of 0.2 s windows")
+    args = parser.parse_args(argv)
+    check_server_args(parser, args)
+    if args.smoke:
+        args.batch_sizes, args.rounds, args.window, args.max_windows = "1", 2, 0.2, 4
+    if args.rounds < 2 or args.concurrency < 1 or args.window <= 0 or args.max_windows < 3:
+        parser.error("--rounds >= 2, --concurrency >= 1, --window > 0 and --max-windows >= 3")
+    return args
 
-    from tritonfleet.builder.runtime import ops
 
-    client = grpcclient.InferenceServerClient(url)
-    cycle = itertools.cycle(batches)
-    done, stop = [0], [False]
+class Pipelines:
+    """The two ways to answer a batch, on one asyncio gRPC client."""
 
-    def inputs(batch):
-        tensor = grpcclient.InferInput("image", list(batch.shape), "FP32")
+    def __init__(self, client, params: dict, members: list[tuple[str, str]]):
+        import tritonclient.grpc.aio as grpcclient
+
+        from tritonfleet.builder.runtime import ops
+
+        self.client, self.params, self.members, self.ops, self.grpc = client, params, members, ops, grpcclient
+
+    def inputs(self, batch: np.ndarray):
+        tensor = self.grpc.InferInput("image", list(batch.shape), "FP32")
         tensor.set_data_from_numpy(batch)
         return [tensor]
 
-    async def one(batch) -> None:
-        if client_side:
-            results = await asyncio.gather(*(client.infer(m, inputs(batch)) for m in MEMBERS))
-            ops.fuse({"type": "mean"}, [r.as_numpy("logits") for r in results])
-        else:
-            (await client.infer("digits", inputs(batch))).as_numpy("probabilities")
-        done[0] += len(batch)
+    async def ensemble(self, batch: np.ndarray) -> np.ndarray:
+        return (await self.client.infer(ENSEMBLE, self.inputs(batch))).as_numpy("probabilities")
+
+    async def client_side(self, batch: np.ndarray) -> np.ndarray:
+        results = await asyncio.gather(*(self.client.infer(m, self.inputs(batch)) for m, _ in self.members))
+        return self.ops.fuse(self.params, [r.as_numpy(out) for r, (_, out) in zip(results, self.members)])["probabilities"]
+
+
+async def measure_side(url: str, side: str, batches, params, members, args) -> Sample:
+    """One side: ``--concurrency`` workers, windows until stable (or ``--max-windows``)."""
+    import tritonclient.grpc.aio as grpcclient
+
+    from tritonfleet.clients.loadgen.requests import error_text
+    from tritonfleet.clients.loadgen.results import Recorder
+    from tritonfleet.clients.loadgen.windows import is_stable, measure_windows, spread
+
+    client = grpcclient.InferenceServerClient(url)
+    call = getattr(Pipelines(client, params, members), side)
+    recorder, cycle, stop = Recorder(), itertools.cycle(batches), [False]
 
     async def worker() -> None:
         while not stop[0]:
-            await one(next(cycle))
+            batch, start = next(cycle), time.perf_counter()
+            recorder.started()
+            try:
+                await call(batch)
+            except Exception as exc:  # counted: a failing side shows as errors, not as speed
+                recorder.done(start, False, error_text(exc))
+            else:
+                recorder.done(start, True)
 
-    tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
-    await asyncio.sleep(1.0)
-    start, t0 = done[0], time.perf_counter()
-    await asyncio.sleep(seconds)
-    rate = (done[0] - start) / (time.perf_counter() - t0)
-    stop[0] = True
-    await asyncio.gather(*tasks)
-    await client.close()
-    return rate
+    tasks = [asyncio.ensure_future(worker()) for _ in range(args.concurrency)]
+    try:
+        await asyncio.sleep(min(1.0, args.window))
+        gen = measure_windows(recorder.window, args.window, args.max_windows, 3, 10.0, time.perf_counter())
+        try:
+            wait = next(gen)
+            while True:
+                await asyncio.sleep(wait)
+                wait = gen.send(None)
+        except StopIteration as done:
+            windows = done.value
+    finally:
+        stop[0] = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.close()
+    last = windows[-3:]
+    rate = sum(w.requests for w in last) * len(batches[0]) / sum(w.seconds for w in last)
+    return Sample(rate, is_stable(windows, 3, 10.0),
+                  {"errors": sum(w.errors for w in last), "windows": len(windows),
+                   "spread": [spread([w.requests_per_s for w in last]), spread([w.mean_latency_ms for w in last])]})
+
+
+async def check_same_answer(url: str, batch: np.ndarray, params, members) -> float:
+    import tritonclient.grpc.aio as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        pipelines = Pipelines(client, params, members)
+        return float(np.abs(await pipelines.ensemble(batch) - await pipelines.client_side(batch)).max())
+    finally:
+        await client.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = bench_parser(__doc__)
-    parser.add_argument("--batch-sizes", default="1,8")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    args = parser.parse_args(argv)
+    args = parse(argv)
 
-    from tritonfleet.builder.spec import load_spec
-    from tritonfleet.builder.spec.splits import load_split
     from tritonfleet.clients.loadgen import make_batches
-    from tritonfleet.clients.server import TritonServer
-    from tritonfleet.examples.workdir import build_examples
 
-    results = build_examples(ROOT, ["digits"], output_dir=args.output, progress=False)
-    x = load_split(load_spec(SPEC_DIR / "digits.yaml"), "test").inputs[0]
-    rows, raw = [], []
-    with TritonServer(results["digits"].repository) as server:
-        url = server.url("grpc")
+    if args.url:
+        repository = args.repository
+    else:
+        from tritonfleet.examples.workdir import build_examples
+
+        repository = build_examples(ROOT, [ENSEMBLE], output_dir=args.output, progress=False)[ENSEMBLE].repository
+    x = labelled(repository)[0][0]
+    _, params, members = fusion_step(repository, ENSEMBLE)
+    rows, raw, found = [], [], []
+    with serving(repository, args.url) as url:
         for b in (int(v) for v in args.batch_sizes.split(",")):
             batches = [bt[0] for bt in make_batches([x], b)]
-            ens, cli = [], []
-            for _ in range(args.rounds):
-                ens.append(asyncio.run(_throughput(url, batches, args.concurrency, args.seconds, False)))
-                cli.append(asyncio.run(_throughput(url, batches, args.concurrency, args.seconds, True)))
-            ratio = float(np.median(np.array(ens) / np.array(cli)))
-            raw.append({"batch": b, "ensemble": ens, "client_side": cli, "ratio": ratio})
-            rows.append([b, args.concurrency, f"{np.median(ens):,.0f}", f"{np.median(cli):,.0f}", f"{ratio:.2f}x",
-                         "yes" if ratio >= 1.5 else "no"])
+            diff = asyncio.run(check_same_answer(url, batches[0], params, members))
+            if not diff <= 1e-5:
+                raise SystemExit(f"the ensemble and client-side fusion disagree at batch {b}: max abs diff {diff:.3g}")
+            run = run_abba(lambda side, _r, batches=batches: asyncio.run(measure_side(url, side, batches, params,
+                                                                                      members, args)), SIDES,
+                           args.rounds)
+            ratio = run.ratio("ensemble", "client_side")
+            judged = goal_verdict(ratio, GOAL)
+            found.append((b, ratio, judged))
+            raw.append({"batch": b, "max_abs_diff": diff, "ratio": ratio, "verdict": judged, "rounds": run.to_dict()})
+            rows.append([b, args.concurrency, _num(run.values("ensemble")), _num(run.values("client_side")),
+                         fmt_ratio(ratio, suffix="x"), run.kept_text(), judged])
     table = markdown_table(["batch", "concurrency", "server-side ensemble infer/s", "client-side fusion infer/s",
-                            "ratio (median of rounds)", "goal >= 1.5x"], rows)
-    text = (f"{machine()}; `digits` ensemble (3 members + mean fusion), local target, gRPC asyncio client for both; "
-            f"{args.rounds} alternating rounds of {args.seconds:g}s; {today()}\n\n{table}")
-    publish(__file__, text, raw, args, argv, 'ensemble_vs_client',
-            'Server-side ensemble vs client-side fusion')
+                            "ensemble ÷ client-side, median [min–max], n", "rounds kept", f"goal >= {GOAL}x"], rows)
+    text = (f"{machine()}; `{ENSEMBLE}` ensemble ({len(members)} members + {params['type']} fusion), local target, "
+            f"the same gRPC asyncio client for both; {args.rounds} ABBA rounds, {args.window:g} s windows until stable "
+            f"(at most {args.max_windows}); {today()}\n\n{table}\n\n"
+            "Infer/s are medians of the kept rounds; a round in which either side never met the stability rule "
+            "(last 3 windows, max/min <= 1.1) is excluded for both. Verdict: met only when every kept round reaches "
+            "the goal.")
+    headlines = [headline("server-side ensemble ÷ client-side fusion",
+                          "; ".join(f"batch {b}: {fmt_ratio(r, suffix='×')}" for b, r, _ in found), f">= {GOAL}×",
+                          "; ".join(f"batch {b}: {v}" for b, _, v in found))]
+    publish(__file__, text, raw, args, argv, "ensemble_vs_client", "Server-side ensemble vs client-side fusion",
+            headlines)
     return 0
+
+
+def _num(values) -> str:
+    return f"{np.median(values):,.0f}" if values else "-"
 
 
 if __name__ == "__main__":

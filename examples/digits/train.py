@@ -207,8 +207,10 @@ def ensure_trained(
     recipes: tuple[Recipe, ...] = RECIPES,
     noise: float = 0.0,
     progress: bool = True,
+    chain: bool = True,
 ) -> dict[str, dict]:
-    """Train what is missing or stale; return each model's metadata."""
+    """Train what is missing or stale; return each model's metadata. ``chain=False`` skips the
+    chaining example's backbone and heads (studies that train only ``recipes``)."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -222,7 +224,8 @@ def ensure_trained(
     todo = [r for r in recipes if not _is_current(artifacts, r)]
     columns = (TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not progress, transient=False) as bar:
-        _ensure_chain(artifacts, data, bar)
+        if chain:
+            _ensure_chain(artifacts, data, bar)
         for recipe in todo:
             task = bar.add_task(recipe.name, total=recipe.epochs)
             model = train_one(recipe, data, on_epoch=lambda task=task: bar.advance(task))
