@@ -108,16 +108,16 @@ class Teacher:
 
 
 def _run_step(step: Step, feeds: dict[str, np.ndarray], pipeline: str, runners: dict[str, Any]) -> dict[str, np.ndarray]:
+    missing = [name for name in step.needs if name not in feeds]
+    if missing:
+        raise RepositoryError(f"the '{pipeline}' ensemble's step '{step.model}' needs {', '.join(missing)}, which no "
+                              "step before it produces when run in-process")
     if step.kind == "guard":
         try:
             check_inputs(feeds, step.params)
         except InputError as exc:
             raise RepositoryError(f"the '{pipeline}' ensemble refuses these samples ({step.model}): {exc}") from None
         return {f"{name}_checked": array for name, array in feeds.items()}
-    missing = [name for name in step.needs if name not in feeds]
-    if missing:
-        raise RepositoryError(f"the '{pipeline}' ensemble's step '{step.model}' needs {', '.join(missing)}, which no "
-                              "step before it produces when run in-process")
     if step.kind == "fusion":
         scores = [feeds[name] for name in step.params["inputs"]]
         fused = ops.fuse(step.params, scores)
