@@ -207,7 +207,9 @@ def tune(repo: Path, model: str, options: TuneOptions | None = None, output: Pat
                            "load": {"concurrency": options.concurrency, "batch_size": options.batch_size,
                                     "inputs": source}}
                 committed = commit_tuned(repo, model, configs, models, details, expected_manifest_sha=start_sha)
-                candidates.restore([c.model for c in committed])  # the committed versions, from their new configs
+                # the committed versions from their new configs, and any step the last candidate left changed
+                stale = [m for m in models if candidates.loaded[m] != defaults[m]]
+                candidates.restore(list(dict.fromkeys([*stale, *(c.model for c in committed)])))
                 _check_committed(candidates, committed)
             elif options.url:
                 candidates.restore()
