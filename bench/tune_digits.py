@@ -119,9 +119,13 @@ def report(result, other, run, source: str, args) -> tuple[str, dict, list[dict]
              f"{', '.join(result.models)}): {search.stopped}.", "",
              markdown_table(list(table[0]), [list(r.values()) for r in table]), "",
              f"Decision: {result.decision}.", ""]
-    if search.improved:
+    if search.improved and search.decision()[0]:
         lines.append(f"**Side by side**, the winner (#{other.index}: {other.label}) against the default, "
                      f"{args.rounds} ABBA rounds on one server:")
+    elif search.improved:
+        lines.append(f"**Side by side**, the best candidate the search found (#{other.index}: {other.label}; tune "
+                     f"would not commit it, see the decision) against the default, {args.rounds} ABBA rounds on one "
+                     "server:")
     else:
         lines.append(f"**The default is already best on this machine.** Side by side, for the margin: the best other "
                      f"candidate (#{other.index}: {other.label}) against the default, {args.rounds} ABBA rounds:")
