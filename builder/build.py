@@ -44,8 +44,11 @@ from tritonfleet.builder.repository.plan import (
     PLAN_FILE,
     TARGETS,
     TORCHSCRIPT_FILE,
+    CompiledPipeline,
     ExternalModel,
     ModelPlan,
+    compiled_pipeline,
+    fusion_params,
     plan_pipeline,
     torch_precisions,
     variant_name,
@@ -61,16 +64,18 @@ from tritonfleet.builder.repository.records import (
 )
 from tritonfleet.builder.repository.reuse import ArtifactKeys, reusable_record
 from tritonfleet.builder.repository.writer import RepositoryWriter
-from tritonfleet.builder.runtime.ops import to_probabilities
+from tritonfleet.builder.runtime.ops import fuse, to_probabilities
 from tritonfleet.builder.spec import MemberSpec, PipelineSpec
 from tritonfleet.builder.spec.sizes import resize_inputs
 from tritonfleet.builder.spec.splits import SPLITS, Probe, Split, load_split, parity_probes
 from tritonfleet.builder.stages.fit import fit_stacking, fit_weights
+from tritonfleet.builder.stages.fusion2onnx import FUSION_PREFIX, fusion_in_float32
 from tritonfleet.builder.stages.load_torch import LoadTorchModel
 from tritonfleet.builder.stages.onnx2fp16 import ConvertToFp16
 from tritonfleet.builder.stages.onnx2int8 import QuantizeInt8
 from tritonfleet.builder.stages.onnx2trt import INSTALL_HINT, BuildEngine, engine_record, run_engine, tensorrt_version
 from tritonfleet.builder.stages.parity import ParityRecord, compare_outputs, merge_records, run_onnx, run_torch
+from tritonfleet.builder.stages.pipeline2onnx import CompilePipeline, compile_refusal
 from tritonfleet.builder.stages.torch2onnx import ExportOnnx
 from tritonfleet.builder.stages.torch2torchscript import ExportTorchScript, run_torchscript
 from tritonfleet.builder.stages.variants import (
@@ -84,7 +89,7 @@ from tritonfleet.builder.steps import BuildStep, SkipStep, Status, StepResult, r
 from tritonfleet.clients.dtypes import FLOAT_DTYPES
 from tritonfleet.clients.manifest import read_manifest_dict
 from tritonfleet.clients.model_config import parse_pbtxt, tensors_of
-from tritonfleet.clients.vocabulary import ArtifactFormat
+from tritonfleet.clients.vocabulary import ArtifactFormat, ModelKind
 
 
 # --------------------------------------------------------------------------- state
@@ -148,6 +153,8 @@ class BuildState:
                      for t in m.inputs)
 
     def outputs_for(self, m: MemberSpec, dataset: str, engine: str = "torch") -> dict[str, np.ndarray]:
+        if isinstance(m, CompiledPipeline):
+            return self.compiled_outputs(m, dataset, engine)
         key = (m.name, dataset, engine)
         if key not in self._outputs:
             inputs = self.inputs_for(m, dataset, engine)
@@ -160,6 +167,17 @@ class BuildState:
                 self._outputs[key] = run_onnx(path, {t.name: x for t, x in zip(m.inputs, inputs)})
         return self._outputs[key]
 
+    def compiled_outputs(self, c: CompiledPipeline, dataset: str, engine: str = "torch") -> dict[str, np.ndarray]:
+        """What the Triton pipeline computes on a dataset: its members' outputs (PyTorch or the served
+        ONNX) fused by ``ops.py`` with the fusion step's parameters, or the chosen member's outputs."""
+        spec = self.spec
+        if spec.fusion_kind != "classification":
+            return self.outputs_for(spec.model(c.members[-1]), dataset, engine)
+        fitted = {k: v for k, v in self.fitted.items() if k in ("weights", "coef", "intercept")}
+        scores = [self.outputs_for(m, dataset, engine)[spec.fused_output(m).name] for m in spec.fused_members]
+        fused = fuse(fusion_params(spec, fitted), scores)
+        return {c.outputs[0].name: fused["probabilities"], c.outputs[1].name: fused["class_index"]}
+
     def is_scorer(self, m: MemberSpec) -> bool:
         """Models whose first output is class scores measured against labels (not backbones)."""
         first = m.outputs[0]
@@ -171,6 +189,8 @@ class BuildState:
         """Parity of an artifact against the member's PyTorch outputs at every size of the dynamic
         axes the probes hold (raises on failure, naming the size)."""
         tol = self.spec.parity.for_precision(precision)
+        if isinstance(m, CompiledPipeline) and m.discrete and precision != "fp32":
+            tol = tol.model_copy(update={"atol": None})  # a flipped vote moves shares by 1/members: top-1 decides
         run = run or (lambda feeds: run_onnx(path, feeds))
         parts = []
         for probe in self.probes:
@@ -186,6 +206,8 @@ class BuildState:
                     f"PyTorch works: {type(exc).__name__}: {text}; if a size is fixed in the artifact, see the export "
                     "(dynamic axes of the spec's inputs) or bound the axis: dynamic: {axis: {min, max, multiple_of}}",
                     kind="shape") from None
+            if isinstance(m, CompiledPipeline):  # the probabilities (class index: top-1 agreement)
+                reference, actual = {k: reference[k] for k in m.compared}, {k: actual[k] for k in m.compared}
             record = compare_outputs(
                 reference, actual, atol=tol.atol, rtol=tol.rtol,
                 min_top1_agreement=tol.min_top1_agreement, artifact=f"{m.name}/{path.name}{where}",
@@ -338,7 +360,7 @@ class LowerPrecision(BuildStep[BuildState]):
         target = state.work / m.name / precision / ONNX_FILE
         calibration = conversion = None
         if precision == "fp16":
-            convert = ConvertToFp16(source, target, name=m.name)
+            convert = ConvertToFp16(source, target, name=m.name, keep_prefix=_kept(m))
             path = convert()
             if convert.kept_fp32:
                 conversion = {"kept_fp32": convert.kept_fp32}
@@ -348,13 +370,18 @@ class LowerPrecision(BuildStep[BuildState]):
             sizes = [] if state.spec.sources_of(m) else [  # the calibration samples at every size parity tries
                 resize_inputs(m.inputs, samples, p.point, options.samples) for p in state.probes[1:]]
             quantize = QuantizeInt8(source, target, samples, [t.name for t in m.inputs], options, name=m.name,
-                                    other_sizes=sizes)
+                                    other_sizes=sizes, keep_prefix=_kept(m))
             path = quantize()
             calibration = {**options.model_dump(), "samples_used": quantize.samples_used, "split": "data.calibration",
                            "sizes": [p.point.to_json() for p in state.probes] if quantize.other_sizes else None}
         record = state.check(m, precision, path, "onnxruntime-cpu")
         return Built(Artifact(m.name, precision, ArtifactFormat.ONNX, path, [record], state.keys.key(m, precision),
                               calibration, conversion=conversion))
+
+
+def _kept(m) -> str | None:
+    """Nodes a lower precision leaves as they are: a compiled graph's fusion math (float64, like ops.py)."""
+    return FUSION_PREFIX if isinstance(m, CompiledPipeline) else None
 
 
 @dataclass
@@ -432,6 +459,54 @@ class TorchScript(BuildStep[BuildState]):
         record = state.check(m, precision, path, "torchscript-cpu",
                              run=lambda feeds: run_torchscript(path, [feeds[t.name] for t in m.inputs], outputs))
         return Built(Artifact(m.name, precision, ArtifactFormat.TORCHSCRIPT, path, [record]))
+
+
+@dataclass
+class Compile(BuildStep[BuildState]):
+    """``serving.compile``: the members' fp32 ONNX and the fusion math merged into one graph,
+    checked against PyTorch (the members' PyTorch outputs fused by ops.py) at every probed size;
+    an unchanged compiled graph is taken from the repository. Optional: when it fails, the build
+    says why and serves the Triton pipeline (exit code 3, as for any requested variant)."""
+
+    member: CompiledPipeline
+    reuse_fp32: dict[str, Any] | None = None
+    precision: str = "fp32"
+    required: bool = False
+
+    def __post_init__(self):
+        self.name = f"compile {self.member.name}" + (" (unchanged)" if self.reuse_fp32 is not None else "")
+
+    def run(self, state: BuildState):
+        c, spec = self.member, state.spec
+        if self.reuse_fp32 is not None:
+            return Built(_reused(c, "fp32", self.reuse_fp32, state.keys.key(c, "fp32")))
+        fitted = {k: v for k, v in state.fitted.items() if k in ("weights", "coef", "intercept")}
+        params = fusion_params(spec, fitted) if spec.fusion_kind == "classification" else None
+        paths = {n: state.members[n].onnx["fp32"].path for n in c.members}
+        path = CompilePipeline(spec, paths, params, state.work / c.name / "fp32" / ONNX_FILE, name=c.name)()
+        record = state.check(c, "fp32", path, "onnxruntime-cpu")
+        return Built(Artifact(c.name, "fp32", ArtifactFormat.ONNX, path, [record], state.keys.key(c, "fp32")))
+
+
+class CompiledEngine(Engine):
+    """A TensorRT engine of a compiled variant; TensorRT has no float64, so the engine is built
+    from a copy whose fusion math runs in float32 (checked against PyTorch like any engine)."""
+
+    def run(self, state: BuildState):
+        c, precision = self.member, self.precision
+        source = state.members[c.name].onnx.get(precision)
+        if source is None:
+            raise SkipStep(f"no {precision} ONNX variant of {c.name} to build an engine from")
+        import onnx
+
+        float32 = state.work / c.name / f"trt_{precision}" / "float32_fusion.onnx"
+        float32.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(fusion_in_float32(onnx.load(str(source.path))), str(float32))
+        profile, trt = state.spec.engine_profile(c), state.spec.tensorrt
+        path = BuildEngine(float32, state.work / c.name / f"trt_{precision}" / PLAN_FILE, profile,
+                           trt.workspace_mb << 20, trt.timing_cache, name=c.name)()
+        record = state.check(c, precision, path, "tensorrt", run=lambda feeds: run_engine(path, feeds, profile.max))
+        return Built(Artifact(c.name, precision, ArtifactFormat.PLAN, path, [record], engine=engine_record(profile)))
 
 
 class Skip(BuildStep[BuildState]):
@@ -521,8 +596,21 @@ class Write(BuildStep[BuildState]):
                 stats = next((s for s in build.stats if s.precision == plan.precision), None) \
                     if plan.format == ArtifactFormat.ONNX else None
                 files, record = member_files(plan, table[plan.precision], stats, state.target)
+                if plan.kind == ModelKind.COMPILED:
+                    record["compiled"] = compiled_record(state, plan)
             self.writer.add_model(plan, files, record=record)
         return Planned(plans)
+
+
+def compiled_record(state: BuildState, plan: ModelPlan) -> dict[str, Any]:
+    """What a compiled model merged, and whether it is the variant the pipeline's compiled form
+    serves: fp32, or the fixed ``precision.serve`` when that variant was built."""
+    c = state.members[plan.member].spec
+    built = state.members[plan.member].onnx
+    serve = state.spec.precision.serve
+    served = serve if serve in built else "fp32"
+    return {"pipeline": state.spec.name, "fusion": c.fusion, "members": list(c.members),
+            "serves": plan.format == ArtifactFormat.ONNX and plan.precision == served}
 
 
 # --------------------------------------------------------------------------- build
@@ -600,6 +688,9 @@ def build(
                            ArtifactKeys(spec, target))
         for where, m in _models(spec):
             state.members[m.name] = MemberBuild(m, where)
+        compiled = compiled_pipeline(spec)
+        if compiled is not None:
+            state.members[compiled.name] = MemberBuild(compiled, f"serving.compile ({compiled.name})")
         try:
             steps = plan_steps(state, read_manifest_dict(repo), writer)
             results = run_steps(steps, state, progress=progress, title=f"build {spec.name} ({target})")
@@ -619,7 +710,7 @@ def build(
                             result.message.strip(), step.precision in spec.precision.optional,
                             "engine" if isinstance(step, Engine) else "onnx")
               for step, result in zip(steps, results)
-              if isinstance(step, (LowerPrecision, Engine)) and result.status is Status.FAIL]
+              if isinstance(step, (LowerPrecision, Engine, Compile)) and result.status is Status.FAIL]
     return BuildResult(repo, spec.name, target, state.plans,
                        {n: b.parity for n, b in members.items()}, {n: b.stats for n, b in members.items()},
                        {n: b.selection for n, b in members.items() if b.selection}, state.fitted, results, removed,
@@ -656,7 +747,35 @@ def plan_steps(state: BuildState, manifest: dict[str, Any], writer: RepositoryWr
     f = spec.fusion
     if f.type == "stacking" or (f.type == "weighted_mean" and f.weights == "auto"):
         steps.append(FitFusion(f.type))
+    steps += compile_steps(state, manifest, writer, engines)
     steps.append(Write(writer))
+    return steps
+
+
+def compile_steps(state: BuildState, manifest: dict[str, Any], writer: RepositoryWriter,
+                  engines: bool | str | None) -> list[BuildStep]:
+    """``serving.compile``: merge (or reuse), lower precisions, measure and engines of the compiled
+    model, like a member's; for patterns with no one-graph form, one line saying so."""
+    spec = state.spec
+    if not spec.serving.compile:
+        return []
+    refusal = compile_refusal(spec)
+    if refusal is not None:
+        return [Skip("compile", refusal)]
+    c = compiled_pipeline(spec)
+    precisions = spec.precisions_of(c)
+    f = spec.fusion
+    fitted_on_auto = spec.precision.serve == "auto" and (
+        f.type == "stacking" or (f.type == "weighted_mean" and f.weights == "auto"))  # fitted on a measured choice
+    records = {} if spec.tensorrt.engines or fitted_on_auto else {
+        p: r for p in precisions if (r := reusable_record(manifest, writer.repo, c, p, state.keys.key(c, p)))}
+    if len(records) == len(precisions):
+        return [ReuseMember(c, records)]
+    steps: list[BuildStep] = [Compile(c, records.get("fp32"))]
+    steps += [ReuseVariant(c, p, records[p]) if p in records else LowerPrecision(c, p) for p in precisions[1:]]
+    steps.append(Measure(c))
+    if engines is True:
+        steps += [CompiledEngine(c, p) for p in precisions]
     return steps
 
 

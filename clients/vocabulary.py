@@ -41,5 +41,6 @@ class ModelKind(_Word):
     FUSION = "fusion"
     ENSEMBLE = "ensemble"
     PIPELINE = "pipeline"
+    COMPILED = "compiled"  # the whole pipeline as one ONNX graph (serving.compile), beside its ensemble
 
 

@@ -184,6 +184,26 @@ def test_backend_overhead_smoke_runs_without_dynamic_batching(artifacts, tmp_pat
     assert "dynamic batching off" in out
 
 
+
+
+def test_compiled_vs_ensemble_smoke(triton, tmp_path, capsys):
+    data, out = run_script("compiled_vs_ensemble", served(triton, tmp_path), capsys)
+    outputs = data["outputs"]
+    assert outputs["samples"] == 360 and outputs["max_abs_diff"] <= 1e-5 and outputs["class_index_identical"]
+    assert [(c["versus"], c["batch"]) for c in data["comparisons"]] == [("ensemble", 1), ("ensemble", 8),
+                                                                         ("client_side", 1)]
+    goal_verdict = bench_module("common").goal_verdict
+    for c in data["comparisons"]:
+        other = c["versus"]
+        kept = check_rounds(c["rounds"], ["compiled", other], 2)
+        values = c["rounds"]["rounds"]
+        check_ratio(c["ratio"], [values[i]["compiled"]["value"] / values[i][other]["value"] for i in kept])
+        assert c["verdict"] == goal_verdict(c["ratio"], c["goal"])
+        assert all(r[s]["errors"] == 0 for r in values for s in ("compiled", other))
+    assert "| `digits` ensemble | load generator | 8 | 8 |" in out and "class indices identical" in out
+
+
+
 def test_tune_digits_smoke(triton, tmp_path, capsys):
     """tune --dry-run on the session server's digits ensemble, then the default against the compared
     candidate in ABBA rounds; afterwards the server serves the repository's configs again."""

@@ -39,6 +39,10 @@ def register(sub) -> None:
                         help="also build TorchScript members (fp32/fp16; formats.variants: [onnx, torchscript])")
     parser.add_argument("--serve-format", choices=("onnx", "torchscript"), default=None,
                         help="the format the ensemble's member steps call (default: the spec's formats.serve)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also serve the pipeline as ONE model, <pipeline>_compiled: members and fusion merged into "
+                             "one ONNX graph, beside the ensemble (serving.compile: true; not for cascade, route, "
+                             "detection)")
     add_progress_arg(parser)
     parser.set_defaults(run=run)
 
@@ -57,6 +61,8 @@ def apply_overrides(spec, args: argparse.Namespace):
                               for m in getattr(spec, group)]
     if args.engines:
         changes["tensorrt"] = {"engines": True}
+    if args.compile:
+        changes["serving"] = {"compile": True}
     formats = {k: v for k, v in (("variants", ["onnx", "torchscript"] if args.torchscript else None),
                                  ("serve", args.serve_format)) if v is not None}
     if formats:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tritonfleet.builder.errors import SpecError
@@ -381,6 +381,104 @@ def bls_config(spec: PipelineSpec, served: Mapping[str, str], external: Mapping[
     )
 
 
+# --------------------------------------------------------------------------- compiled pipeline
+@dataclass(frozen=True)
+class CompiledPipeline:
+    """The pipeline compiled into one model (``serving.compile``), described the way the build
+    describes a member (name, tensors, no chaining, the pipeline's precisions), so the member
+    steps (lower precisions, measurements, engines, reuse) apply to it unchanged."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]     # the pipeline's
+    outputs: tuple[TensorSpec, ...]    # the ensemble's: probabilities + class_index, or the chosen member's
+    members: tuple[str, ...]           # merged members, in spec order
+    fusion: str                        # fusion type, "none" for chaining
+    mode: str | None = None            # vote: hard or soft
+    max_batch_size: int | None = None  # None: the pipeline's serving.max_batch_size
+    instances: int | None = None
+    precisions: tuple[str, ...] | None = None  # None: the pipeline's precision.variants
+    inputs_from: Mapping[str, str] = field(default_factory=dict)  # none: it takes the pipeline inputs
+
+    @property
+    def discrete(self) -> bool:
+        """Its probabilities are vote shares (steps of 1/members), not smooth scores."""
+        return self.fusion == "vote" and self.mode == "hard"
+
+    @property
+    def compared(self) -> tuple[str, ...]:
+        """Outputs parity compares with PyTorch: the probabilities (the class index is their arg-max,
+        or the vote's tie rule; its agreement is the record's top-1 agreement), or all of a chained
+        member's outputs."""
+        return (self.outputs[0].name,) if self.fusion != "none" else tuple(t.name for t in self.outputs)
+
+
+def compiled_pipeline(spec: PipelineSpec) -> CompiledPipeline | None:
+    """What ``serving.compile`` adds to ``spec``'s build, or None (not asked, or not compilable)."""
+    name = spec.compiled_model_name
+    if name is None:
+        return None
+    if spec.fusion_kind == "classification":
+        f = spec.fusion
+        outputs = (TensorSpec(name=f.outputs.probabilities, dtype="float32", shape=(spec.num_classes,)),
+                   TensorSpec(name=f.outputs.class_index, dtype="int64", shape=(1,)))
+        members = _needed_members(spec, spec.fused_members)
+    else:
+        chosen = spec.model(spec.fusion.member) if spec.fusion.member else spec.members[-1]
+        outputs, members = tuple(chosen.outputs), _needed_members(spec, [chosen])
+    return CompiledPipeline(name, tuple(spec.inputs), outputs, tuple(m.name for m in members), spec.fusion.type,
+                            getattr(spec.fusion, "mode", None))
+
+
+def compiled_config(spec: PipelineSpec, compiled: CompiledPipeline, target: str, precision: str = "fp32",
+                    ) -> ModelConfig:
+    """The compiled model: the ensemble's inputs and outputs; on local the onnxruntime runner of the
+    members (checking declared input constraints like the ensemble's guard), on ngc ONNX Runtime."""
+    common = dict(
+        name=variant_name(compiled.name, precision), inputs=_tensors(compiled.inputs),
+        outputs=_tensors(compiled.outputs), max_batch_size=spec.serving.max_batch_size,
+        instance_count=spec.serving.instances, instance_kind=_instance_kind(spec, target),
+        dynamic_batching=_batching(spec),
+    )
+    threads = str(spec.serving.onnxruntime_threads)
+    if target == "ngc":
+        optimization = None
+        if spec.tensorrt.onnxruntime_accelerator:  # TensorRT takes the parts it can, ONNX Runtime the rest
+            optimization = {"execution_accelerators": {"gpu_execution_accelerator": [{
+                "name": "tensorrt", "parameters": {"precision_mode": TRT_PRECISION_MODE[precision],
+                                                   "max_workspace_size_bytes": str(spec.tensorrt.workspace_mb << 20)},
+            }]}}
+        return ModelConfig(platform="onnxruntime_onnx", default_model_filename=ONNX_FILE,
+                           parameters={"intra_op_thread_count": threads}, optimization=optimization, **common)
+    checks = merge_checks([input_checks(m.inputs) for m in spec.members if not m.inputs_from])
+    return ModelConfig(backend="python", parameters={
+        "onnx_file": ONNX_FILE, "intra_op_threads": threads, "device": spec.device_for(target),
+        "precision": precision, **({"input_checks": json.dumps(checks, sort_keys=True)} if checks else {})}, **common)
+
+
+def compiled_engine_config(spec: PipelineSpec, compiled: CompiledPipeline, precision: str) -> ModelConfig:
+    """A TensorRT engine of the compiled graph (its fusion math in float32: TensorRT has no float64)."""
+    profile = spec.engine_profile(compiled)
+    return ModelConfig(
+        name=variant_name(compiled.name, precision, ArtifactFormat.PLAN), platform="tensorrt_plan",
+        default_model_filename=PLAN_FILE, inputs=_tensors(compiled.inputs), outputs=_tensors(compiled.outputs),
+        max_batch_size=profile.max, instance_count=spec.serving.instances, instance_kind="KIND_GPU",
+        dynamic_batching=_batching(spec),
+    )
+
+
+def compiled_plans(spec: PipelineSpec, target: str, built: Mapping[str, Sequence[str]] | None = None,
+                   engines: Mapping[str, Sequence[str]] | None = None) -> list[ModelPlan]:
+    """The compiled model's variants (``built``/``engines`` as for members, under its name)."""
+    compiled = compiled_pipeline(spec)
+    if compiled is None:
+        return []
+    plans = [ModelPlan(ModelKind.COMPILED, compiled_config(spec, compiled, target, p), compiled.name, p)
+             for p in (built or {}).get(compiled.name, spec.precisions_of(compiled))]
+    plans += [ModelPlan(ModelKind.COMPILED, compiled_engine_config(spec, compiled, p), compiled.name, p,
+                        ArtifactFormat.PLAN) for p in (engines or {}).get(compiled.name, ())]
+    return plans
+
+
 # --------------------------------------------------------------------------- everything
 def plan_pipeline(
     spec: PipelineSpec,
@@ -430,4 +528,4 @@ def plan_pipeline(
     else:
         names.update({m.name: variant_name(m, (served or {}).get(m.name, "fp32"), fmt) for m in spec.baselines})
         plans.append(ModelPlan(ModelKind.PIPELINE, bls_config(spec, names, external or {}), format=ArtifactFormat.BLS))
-    return plans
+    return plans + compiled_plans(spec, target, built, engines)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tritonfleet.builder.repository.manifest import sha256_file, tool_versions
-from tritonfleet.builder.repository.plan import ONNX_FILE, variant_name
+from tritonfleet.builder.repository.plan import ONNX_FILE, CompiledPipeline, variant_name
 from tritonfleet.builder.spec import MemberSpec, PipelineSpec
 
 
@@ -33,7 +33,9 @@ class ArtifactKeys:
             self._file_sha[path] = sha256_file(path)
         return self._file_sha[path]
 
-    def key(self, m: MemberSpec, precision: str) -> str:
+    def key(self, m: MemberSpec | CompiledPipeline, precision: str) -> str:
+        if isinstance(m, CompiledPipeline):
+            return self.compiled_key(m, precision)
         if (m.name, precision) not in self._keys:
             spec = self.spec
             architecture = m.model.architecture
@@ -61,6 +63,40 @@ class ArtifactKeys:
             blob = json.dumps(payload, sort_keys=True, default=str).encode()
             self._keys[(m.name, precision)] = hashlib.sha256(blob).hexdigest()
         return self._keys[(m.name, precision)]
+
+
+    def compiled_key(self, c: CompiledPipeline, precision: str) -> str:
+        """Key of a compiled pipeline variant: its members' fp32 keys, the fusion as the spec gives it
+        (fitted values follow from the members and the data, which the keys hold), the served
+        precision (fitted values are fitted on it), the code that merges and checks it, and the
+        settings its checks and calibration use."""
+        if (c.name, precision) not in self._keys:
+            spec = self.spec
+            code = [self._sha(Path(path)) for path in _compile_sources()]
+            payload = {
+                "compiled": c.name, "precision": precision, "target": self.target,
+                "members": {n: self.key(spec.model(n), "fp32") for n in c.members},
+                "served": {m.name: self.key(m, spec.precision.serve) for m in spec.members
+                           if m.name in c.members and spec.precision.serve in spec.precisions_of(m)},
+                "fusion": spec.fusion.model_dump(mode="json"), "serve": spec.precision.serve,
+                "signature": [t.model_dump(mode="json") for t in (*c.inputs, *c.outputs)],
+                "parity": {"samples": spec.parity.samples, "tolerance": spec.parity.for_precision(precision).model_dump(
+                    mode="json")},
+                "calibration": spec.precision.calibration.model_dump(mode="json") if precision == "int8" else None,
+                "benchmark": [spec.precision.benchmark_batch_size, spec.serving.onnxruntime_threads],
+                "code": code, "tools": tool_versions(),
+            }
+            blob = json.dumps(payload, sort_keys=True, default=str).encode()
+            self._keys[(c.name, precision)] = hashlib.sha256(blob).hexdigest()
+        return self._keys[(c.name, precision)]
+
+
+def _compile_sources() -> list[Path]:
+    """The files a compiled graph and its parity reference come from (the fusion math and its ONNX form)."""
+    from tritonfleet.builder import runtime
+    from tritonfleet.builder.stages import fusion2onnx, pipeline2onnx
+
+    return [runtime.OPS, Path(fusion2onnx.__file__), Path(pipeline2onnx.__file__)]
 
 
 def reusable_record(manifest: dict[str, Any], repo: Path, m: MemberSpec, precision: str,

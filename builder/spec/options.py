@@ -43,6 +43,9 @@ class Serving(_Strict):
     fusion_device: Literal["cpu", "gpu"] = "cpu"
     # ngc: the server image's Python has torch (the stock NGC container has none); local: always
     server_has_torch: bool = False
+    # also serve the pipeline as ONE model: the members and the fusion math merged into one ONNX graph
+    # (<pipeline>_compiled, beside the Triton ensemble); cascade, route and detection say why they cannot
+    compile: bool = False
 
 
 # --------------------------------------------------------------------------- data

@@ -92,6 +92,13 @@ class PipelineSpec(_Strict):
         return f"{self.name}_fusion" if self.fusion_kind in ("classification", "detection") else None
 
     @property
+    def compiled_model_name(self) -> str | None:
+        """The compiled pipeline (``serving.compile``: members and fusion in one ONNX graph); None when
+        not asked for or when the pattern has no one-graph form (cascade, route, detection)."""
+        compilable = self.fusion_kind in ("classification", "chain")
+        return f"{self.name}_compiled" if self.serving.compile and compilable else None
+
+    @property
     def all_models(self) -> list[MemberSpec]:
         return [*self.members, *self.baselines]
 
@@ -171,7 +178,7 @@ class PipelineSpec(_Strict):
     def _check_pipeline(self) -> PipelineSpec:
         problems: list[str] = []
         names = [m.name for m in self.all_models]
-        reserved = {self.name, self.fusion_model_name} - {None}
+        reserved = {self.name, self.fusion_model_name, self.compiled_model_name} - {None}
         for i, name in enumerate(names):
             if names.index(name) != i:
                 problems.append(f"model name '{name}' is used twice (members and baselines)")

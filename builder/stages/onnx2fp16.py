@@ -29,10 +29,11 @@ HINT = ("keep this member in fp32 (members[i].precisions: [fp32, int8]) or let t
 
 
 class ConvertToFp16(Loader[Path]):
-    def __init__(self, onnx_path: Any, path: Path, name: str = "model"):
+    def __init__(self, onnx_path: Any, path: Path, name: str = "model", keep_prefix: str | None = None):
         self.onnx_path = onnx_path
         self.path = Path(path)
         self.name = name
+        self.keep_prefix = keep_prefix  # nodes named with it keep their types (a compiled graph's float64 fusion)
         self.kept_fp32: list[str] = []  # op types kept in fp32 (graphs with control flow)
 
     def call_impl(self) -> Path:
@@ -50,7 +51,9 @@ class ConvertToFp16(Loader[Path]):
         original = onnx.load(str(source))
         try:
             with quiet("onnxconverter_common"):
-                model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+                kept = [n.name for n in original.graph.node if self.keep_prefix and n.name.startswith(self.keep_prefix)]
+                model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True,
+                                                         node_block_list=kept or None)
             _loads(model)
         except OSError:  # disk full, permissions: the build reports it
             raise

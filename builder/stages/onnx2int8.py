@@ -24,7 +24,7 @@ CALIBRATION_BATCH = 32
 class QuantizeInt8(Loader[Path]):
     def __init__(self, onnx_path: Any, path: Path, samples: Sequence[np.ndarray], input_names: Sequence[str],
                  options: Calibration | None = None, name: str = "model",
-                 other_sizes: Sequence[Sequence[np.ndarray]] = ()):
+                 other_sizes: Sequence[Sequence[np.ndarray]] = (), keep_prefix: str | None = None):
         self.onnx_path = onnx_path
         self.path = Path(path)
         self.samples = samples
@@ -35,6 +35,7 @@ class QuantizeInt8(Loader[Path]):
         # the same samples at the other sizes of the dynamic axes (minmax only): activation ranges
         # then cover short and long inputs, not only the data's size
         self.other_sizes = [list(x) for x in other_sizes] if self.options.method == "minmax" else []
+        self.keep_prefix = keep_prefix  # nodes named with it are not quantized (a compiled graph's float64 fusion)
 
     def call_impl(self) -> Path:
         from onnxruntime.quantization import (
@@ -78,10 +79,11 @@ class QuantizeInt8(Loader[Path]):
             try:
                 with quiet("onnxruntime", "root"):
                     quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+                    kept = [n.name for n in onnx_nodes(prepared) if self.keep_prefix and n.name.startswith(self.keep_prefix)]
                     quantize_static(
                         str(prepared), str(self.path), Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        per_channel=self.options.per_channel, calibrate_method=method,
+                        per_channel=self.options.per_channel, calibrate_method=method, nodes_to_exclude=kept,
                         extra_options={"ActivationSymmetric": self.options.symmetric_activations,
                                        "WeightSymmetric": True},
                     )
@@ -92,6 +94,12 @@ class QuantizeInt8(Loader[Path]):
                     f"{self.name}: int8 quantization failed: {type(exc).__name__}: {exc}"
                 ) from None
         return self.path
+
+
+def onnx_nodes(path: Path) -> list:
+    import onnx
+
+    return list(onnx.load(str(path), load_external_data=False).graph.node)
 
 
 def quantize_int8(*args, **kwargs) -> Path:
