@@ -650,6 +650,7 @@ class BuildResult:
     failed_variants: list[FailedVariant] = field(default_factory=list)
     served_format: ArtifactFormat = ArtifactFormat.ONNX  # the artifact format the pipeline's member steps call
     notes: list[str] = field(default_factory=list)  # e.g. a config 'tritonfleet tune' committed, kept or replaced
+    candidates: dict[str, list[int]] = field(default_factory=dict)  # --candidate: changed model -> versions still served
 
     @property
     def missing_required(self) -> list[FailedVariant]:
@@ -669,7 +670,10 @@ def build(
     output_dir: Path | None = None,
     spec_path: Path | None = None,
     progress: bool = True,
+    candidate: bool = False,
 ) -> BuildResult:
+    """Build ``spec`` into its repository. ``candidate``: models that change get their new
+    version beside the old ones but keep serving what they serve now, until ``tritonfleet promote``."""
     target = target or spec.target
     if target not in TARGETS:
         raise SpecError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
@@ -697,7 +701,8 @@ def build(
             failpoint("after-steps")
             shutil.rmtree(state.work, ignore_errors=True)
             selections = {n: b.selection for n, b in state.members.items() if b.selection}
-            removed = writer.commit(pipeline_record(spec, target, repo, spec_path, splits, selections, state.fitted))
+            removed = writer.commit(pipeline_record(spec, target, repo, spec_path, splits, selections, state.fitted),
+                                    candidate=candidate)
         except OSError as exc:  # disk full, permissions: the journal restores the repository
             recover(repo)
             raise RepositoryError(
@@ -714,7 +719,8 @@ def build(
     return BuildResult(repo, spec.name, target, state.plans,
                        {n: b.parity for n, b in members.items()}, {n: b.stats for n, b in members.items()},
                        {n: b.selection for n, b in members.items() if b.selection}, state.fitted, results, removed,
-                       writer.actions, recovered, failed, ArtifactFormat(spec.formats.serve), notes=writer.notes)
+                       writer.actions, recovered, failed, ArtifactFormat(spec.formats.serve), notes=writer.notes,
+                       candidates=writer.pinned)
 
 
 def plan_steps(state: BuildState, manifest: dict[str, Any], writer: RepositoryWriter) -> list[BuildStep]:

@@ -67,9 +67,9 @@ class TritonClient:
         self._client.close()
 
     # ------------------------------------------------------------------ server state
-    def is_ready(self, model: str | None = None) -> bool:
+    def is_ready(self, model: str | None = None, version: int | str = "") -> bool:
         try:
-            return self._client.is_model_ready(model) if model else self._client.is_server_ready()
+            return self._client.is_model_ready(model, str(version)) if model else self._client.is_server_ready()
         except Exception:
             return False
 
@@ -118,8 +118,9 @@ class TritonClient:
 
     # ------------------------------------------------------------------ inference
     def infer(self, model: str, inputs: np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray],
-              outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """One request; ``inputs`` by name, or positionally in the model's input order."""
+              outputs: Sequence[str] | None = None, version: int | str = "") -> dict[str, np.ndarray]:
+        """One request; ``inputs`` by name, or positionally in the model's input order;
+        ``version``: a loaded version of the model (default: the server's choice, the newest loaded)."""
         meta = self.metadata(model)
         named = self._name_inputs(meta, inputs)
         if meta.max_batch_size > 0:
@@ -137,7 +138,8 @@ class TritonClient:
         attempt = 0
         while True:
             try:
-                result = self._client.infer(model, request, outputs=requested, **self._timeout_kw())
+                result = self._client.infer(model, request, model_version=str(version), outputs=requested,
+                                            **self._timeout_kw())
                 break
             except self._module.InferenceServerException as exc:
                 message = exc.message() or str(exc)
@@ -167,7 +169,8 @@ class TritonClient:
         return out
 
     def infer_batched(self, model: str, inputs: np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray],
-                      batch_size: int | None = None, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+                      batch_size: int | None = None, outputs: Sequence[str] | None = None,
+                      version: int | str = "") -> dict[str, np.ndarray]:
         """Split ``inputs`` into batches of at most ``batch_size`` (default: max batch)."""
         meta = self.metadata(model)
         named = self._name_inputs(meta, inputs)
@@ -175,7 +178,8 @@ class TritonClient:
         size = batch_size or meta.max_batch_size or n
         if meta.max_batch_size and size > meta.max_batch_size:
             raise ServerError(f"batch_size {size} exceeds model '{model}' max_batch_size {meta.max_batch_size}")
-        parts = [self.infer(model, {k: v[s:s + size] for k, v in named.items()}, outputs) for s in range(0, n, size)]
+        parts = [self.infer(model, {k: v[s:s + size] for k, v in named.items()}, outputs, version)
+                 for s in range(0, n, size)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     # ------------------------------------------------------------------ shared memory

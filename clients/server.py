@@ -139,6 +139,7 @@ class TritonServer:
                  grpc_port: int = 0, metrics_port: int = 0, log_path: str | Path | None = None,
                  model_control_mode: Literal["none", "poll", "explicit"] = "none",
                  startup_timeout: float = 180.0, extra_args: list[str] | None = None,
+                 canary: tuple[str, object] | None = None,
                  cpus: set[int] | None = None, supervise: bool = False, env: dict[str, str] | None = None,
                  python: str | Path | None = None, load_models: list[str] | None = None):
         repository = Path(repository).resolve()
@@ -154,6 +155,7 @@ class TritonServer:
         if supervise and model_control_mode != "explicit":
             raise ServerError("supervise=True reloads models itself and needs model_control_mode='explicit'")
         self.supervise = supervise
+        self.canary = canary  # (model, inputs): with supervise=True, restart the server when it stops answering
         self.env = dict(env or {})  # extra environment of the server and its stubs
         # the interpreter the Python-backend stubs run (its folder goes first on PATH; the stubs'
         # embedded Python ignores PYTHONPATH): another venv, e.g. one with numpy 2 or a CUDA torch
@@ -203,7 +205,9 @@ class TritonServer:
             if self.supervise:
                 from tritonfleet.clients.supervisor import Supervisor
 
-                self.supervisor = Supervisor(self.config.repository, lambda: self.pid, lambda: self.client("grpc"))
+                self.supervisor = Supervisor(self.config.repository, lambda: self.pid,
+                                             lambda **kw: self.client("grpc", **kw), canary=self.canary,
+                                             restart=self.restart_process)
                 self.supervisor.start()
         except BaseException:
             self.stop()
@@ -233,6 +237,21 @@ class TritonServer:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
         return code
+
+    def restart_process(self) -> None:
+        """Kill the server's process group and start it again on the same ports (the supervisor
+        keeps running; what it watches is looked up anew)."""
+        if self._process is not None:
+            self._signal(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(10)
+        dist = TritonDistribution.locate()
+        cmd = [str(dist.binary), *self.config.to_args(), f"--backend-directory={self._workdir / 'backends'}"]
+        self._process = subprocess.Popen(
+            cmd, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self._environment(dist), start_new_session=True, preexec_fn=self._preexec,
+        )
+        self._wait_ready()
 
     def is_alive(self) -> bool:
         return self._process is not None and self._process.poll() is None

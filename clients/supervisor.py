@@ -11,15 +11,24 @@ Two things the bundled tritonserver 2.51 does not do by itself:
   middle of a copy. tritonfleet commits a build by replacing ``manifest.json`` last, so the
   supervisor watches that file and reloads exactly the models whose files changed (members
   before the ensembles that use them), and unloads removed ones.
+* **Restart a server that stopped answering** (with a ``canary``: a model and its inputs). A
+  live process with live stubs can still answer nothing (tritonserver 2.51 was seen doing so
+  after member errors inside an ensemble, docs/RELIABILITY.md). Every ``canary_interval``
+  seconds the supervisor sends the canary request with a ``canary_timeout``; after
+  ``canary_failures`` failures in a row it **restarts the server** (``restart``: the process
+  group is killed and the server started again on the same ports, every model loaded anew).
+  Reloading models is not enough: a request Triton holds keeps the old model version alive.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tritonfleet.clients.manifest import MANIFEST
 from tritonfleet.clients.model_config import ensemble_steps, parse_pbtxt
@@ -27,15 +36,23 @@ from tritonfleet.clients.model_config import ensemble_steps, parse_pbtxt
 
 class Supervisor:
     def __init__(self, repository: Path, server_pid: Callable[[], int | None], client_factory: Callable,
-                 interval: float = 1.0, log: Callable[[str], None] = lambda message: None):
+                 interval: float = 1.0, log: Callable[[str], None] = lambda message: None,
+                 canary: tuple[str, Any] | None = None, restart: Callable[[], None] | None = None,
+                 canary_interval: float = 5.0, canary_timeout: float = 10.0, canary_failures: int = 2):
         self.repository = Path(repository).resolve()
         self.server_pid = server_pid
         self.client_factory = client_factory
         self.interval = interval
         self.log = log
+        self.canary = canary  # (model, inputs) a healthy server answers
+        self.restart = restart
+        self.canary_interval, self.canary_timeout, self.canary_failures = canary_interval, canary_timeout, canary_failures
         self.restarts: Counter[str] = Counter()
         self.reloads: Counter[str] = Counter()
+        self.server_restarts: list[str] = []  # why each restart of the server happened
         self.errors: list[str] = []
+        self._failed_canaries = 0
+        self._next_canary = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._expected: Counter[str] = Counter()
@@ -100,11 +117,50 @@ class Supervisor:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
+                if self._check_canary():
+                    continue
                 self._heal()
                 self._sync()
             except Exception as exc:  # keep supervising; report through errors/log
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 self.log(f"supervisor: {exc}")
+
+    def _check_canary(self) -> bool:
+        """Send the canary when it is due; restart the server after too many failures in a row.
+        True when the server was restarted (the rest of this round is skipped)."""
+        if self.canary is None or self.restart is None or time.monotonic() < self._next_canary:
+            return False
+        self._next_canary = time.monotonic() + self.canary_interval
+        model, inputs = self.canary
+        outcome: list[str] = []
+
+        def ask() -> None:  # in a thread of its own: a server that stopped answering may never reply
+            try:
+                with self.client_factory(timeout=self.canary_timeout) as client:
+                    client.infer(model, inputs)
+                outcome.append("")
+            except Exception as exc:  # ServerError, a timeout: the server did not answer it
+                outcome.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+
+        asking = threading.Thread(target=ask, name="tritonfleet-canary", daemon=True)
+        asking.start()
+        asking.join(self.canary_timeout + 1.0)
+        reason = outcome[0] if outcome else f"no answer within {self.canary_timeout:.0f} s"
+        if not reason:
+            self._failed_canaries = 0
+            return False
+        self._failed_canaries += 1
+        if self._failed_canaries < self.canary_failures:
+            return False
+        self.log(f"supervisor: the canary request to '{model}' failed {self._failed_canaries} times in a row "
+                 f"({reason}); restarting the server")
+        self.restart()
+        self.server_restarts.append(reason)  # once the server answers again
+        self._failed_canaries = 0
+        self._expected = Counter({m: self.expected_stubs(m) for m in self.stubs()})
+        self._manifest = self._read_manifest()
+        self._next_canary = time.monotonic() + self.canary_interval
+        return True
 
     def _heal(self) -> None:
         live = self.stubs()

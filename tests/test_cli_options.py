@@ -18,7 +18,8 @@ from tritonfleet.builder.cli import main, make_parser
 NUMBERS = {cli_args.positive_int: ["0", "-1", "abc", "1.5"], cli_args.positive_float: ["0", "-2", "abc"],
            cli_args.non_negative_float: ["-0.5", "x"], cli_args.port: ["-1", "70000", "http"],
            cli_args.int_list: ["0", "1,-2", "a,b", ","], cli_args.precision_list: ["fp8", "fp32,int4", ","],
-           cli_args.non_negative_int: ["-1", "x", "0.5"], cli_args.percent: ["-1", "101", "ten"]}
+           cli_args.non_negative_int: ["-1", "x", "0.5"], cli_args.percent: ["-1", "101", "ten"],
+           cli_args.probability: ["0", "1.5", "p"], cli_args.points: ["-101", "200", "pt"]}
 FILES = (cli_args.existing_file, cli_args.existing_dir, cli_args.json_file)
 
 

@@ -70,6 +70,22 @@ def percent(text: str) -> int:
     return value
 
 
+def probability(text: str) -> float:
+    """A probability in (0, 1], e.g. a p-value threshold."""
+    value = _number(float, text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got '{text}'")
+    return value
+
+
+def points(text: str) -> float:
+    """Percentage points in -100..100 (an accuracy difference; negative allowed)."""
+    value = _number(float, text)
+    if not -100 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be in -100..100 (percentage points), got '{text}'")
+    return value
+
+
 def int_list(text: str) -> list[int]:
     """Comma-separated integers >= 1, e.g. ``1,4,8``."""
     values = [positive_int(v.strip()) for v in text.split(",") if v.strip()]

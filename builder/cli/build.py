@@ -43,6 +43,9 @@ def register(sub) -> None:
                         help="also serve the pipeline as ONE model, <pipeline>_compiled: members and fusion merged into "
                              "one ONNX graph, beside the ensemble (serving.compile: true; not for cascade, route, "
                              "detection)")
+    parser.add_argument("--candidate", action="store_true",
+                        help="models that change get a new version but keep serving the one served now, "
+                             "until 'tritonfleet promote' lets the candidate through its gate")
     add_progress_arg(parser)
     parser.set_defaults(run=run)
 
@@ -75,8 +78,15 @@ def run(args: argparse.Namespace) -> int:
     from tritonfleet.builder.spec import load_spec
 
     spec = apply_overrides(load_spec(args.spec), args)
-    result = build(spec, target=args.target, output_dir=args.output, spec_path=args.spec, progress=args.progress)
+    result = build(spec, target=args.target, output_dir=args.output, spec_path=args.spec, progress=args.progress,
+                   candidate=args.candidate)
     print_build(result)
+    for name, served in result.candidates.items():
+        action, version = result.actions[name]
+        if action.startswith("version"):
+            console().print(f"candidate: {name} version {version} is on disk, version {', '.join(map(str, served))} "
+                            f"still serves; compare and promote it with: tritonfleet promote {result.repository} {name}",
+                            soft_wrap=True)
     from tritonfleet.builder.lifecycle.distill import stale_students
 
     for line in stale_students(result.repository, result.pipeline):  # students are kept; say when they are stale

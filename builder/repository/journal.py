@@ -6,9 +6,15 @@ A commit is a list of steps, each one atomic on its own:
 * ``replace``: ``os.replace(src, dst)`` after copying the old ``dst`` to ``backup``;
 * finally the new ``manifest.json`` replaces the old one: that rename is the commit point.
 
-Durability: the staged files are fsynced before the journal is written, and every folder a
-rename touches is fsynced after it, so after a power cut the repository is either the old
-one, restorable from the journal, or the new one.
+Durability: the staged files and folders are fsynced before the journal is written (itself
+written to a temporary file, fsynced, renamed), a backup is fsynced before the file it saves is
+replaced, every folder a step creates or renames into or out of is fsynced after it, and the
+journal is removed only after the new manifest's folder is fsynced. So after a power cut the
+repository is the old one, restorable from the journal, or the new one; :func:`recover` fsyncs
+what it undoes the same way.
+
+An error inside the commit (a failing disk) rolls back at once with the journal and re-raises,
+so the caller reports one error and the repository is byte-identical to before.
 
 Before the first step the whole plan, with the new manifest's sha256, is written to a
 journal beside the repository (``.<repo>.commit-journal.json``). :func:`recover` reads a
@@ -46,7 +52,8 @@ def staging_folder(repo: Path) -> Iterator[Path]:
     exit; staging folders of builds that were killed are cleaned up first."""
     repo = Path(repo).resolve()
     if repo.exists() and not repo.is_dir():
-        raise RepositoryError(f"output_dir {repo} exists and is not a folder")
+        raise RepositoryError(f"output_dir {repo} exists and is not a folder; choose another output_dir in the spec "
+                              "or with --output")
     try:
         repo.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_staging(repo.parent, repo.name)
@@ -94,31 +101,50 @@ class Journal:
         self.steps.append(JournalEntry("replace", str(src), str(dst), str(backup), sha256_file(src)))
 
     def commit(self, new_manifest: Path) -> None:
-        """Write the journal, apply every step, then the manifest (the commit point)."""
+        """Write the journal, apply every step, then the manifest (the commit point). An error on
+        the way rolls back what was applied (:func:`recover`) and is raised again."""
         repo = Path(self.repo)
         fsync_tree(Path(self.staging))
         self.manifest_sha = sha256_file(new_manifest)
         path = journal_path(repo)
         write_json_atomic(path, asdict(self))
-        failpoint("commit-journal-written")
-        for i, step in enumerate(self.steps):
-            src, dst = Path(step.src), Path(step.dst)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if step.kind == "replace":
-                Path(step.backup).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(dst, step.backup)
-                _fsync_file(Path(step.backup))
-                os.replace(src, dst)
-            else:
-                os.rename(src, dst)
-            for folder in {src.parent, dst.parent}:
-                fsync_dir(folder)
-            failpoint(f"commit-step-{i}")
-        os.replace(new_manifest, repo / MANIFEST)
-        fsync_dir(repo)
-        failpoint("commit-manifest-replaced")
+        fsync_dir(path.parent)
+        failpoint("commit-journal-written", path)
+        try:
+            for i, step in enumerate(self.steps):
+                src, dst = Path(step.src), Path(step.dst)
+                _make_folders(dst.parent)
+                if step.kind == "replace":
+                    backup = Path(step.backup)
+                    _make_folders(backup.parent)
+                    shutil.copy2(dst, backup)
+                    _fsync_file(backup)
+                    fsync_dir(backup.parent)
+                    os.replace(src, dst)
+                else:
+                    os.rename(src, dst)
+                for folder in {src.parent, dst.parent}:
+                    fsync_dir(folder)
+                failpoint(f"commit-step-{i}", dst)
+            os.replace(new_manifest, repo / MANIFEST)
+            fsync_dir(repo)
+        except BaseException:
+            recover(repo)  # before the commit point: undo every step applied, from the journal
+            raise
+        failpoint("commit-manifest-replaced", repo / MANIFEST)
         path.unlink()
         fsync_dir(path.parent)
+
+
+def _make_folders(folder: Path) -> None:
+    """``mkdir -p``, fsyncing the parent of every folder it creates (its entry is then durable)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        new.mkdir(exist_ok=True)
+        fsync_dir(new.parent)
 
 
 def _fsync_file(path: Path) -> None:
@@ -148,12 +174,16 @@ def recover(repo: Path) -> str | None:
         for step in reversed(journal.steps):
             src, dst = Path(step.src), Path(step.dst)
             if step.kind == "move" and dst.exists() and not src.exists():
-                src.parent.mkdir(parents=True, exist_ok=True)
+                _make_folders(src.parent)
                 os.rename(dst, src)
+                for folder in {src.parent, dst.parent}:
+                    fsync_dir(folder)
             elif (step.kind == "replace" and Path(step.backup).is_file() and dst.is_file()
                   and sha256_file(dst) == step.new_sha):
                 os.replace(step.backup, dst)  # the backup is written before the replace: it ran
+                fsync_dir(dst.parent)
         outcome = "rolled back"
     shutil.rmtree(journal.staging, ignore_errors=True)
     path.unlink()
+    fsync_dir(path.parent)
     return outcome

@@ -47,8 +47,8 @@ def verify(repo: Path, repair: bool = False) -> VerifyReport:
         if repair:
             report.repaired = recover(repo)
         else:
-            report.problems.append(f"an interrupted commit left {journal_path(repo).name}; run "
-                                   "'tritonfleet verify --repair' (or build again) to restore the repository")
+            report.problems.append(f"an interrupted commit left {journal_path(repo)}; run "
+                                   f"'tritonfleet verify {repo} --repair' (or build again) to restore the repository")
             return report
     manifest = read_manifest_dict(repo)
     if not (repo / MANIFEST).is_file():

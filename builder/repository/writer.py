@@ -36,7 +36,9 @@ from tritonfleet.builder.failpoints import failpoint
 from tritonfleet.builder.repository.journal import Journal, recover, staging_folder
 from tritonfleet.builder.repository.manifest import hash_tree, write_json_atomic
 from tritonfleet.builder.repository.plan import ModelPlan
+from tritonfleet.builder.repository.versions import served_versions
 from tritonfleet.clients.manifest import MANIFEST, read_manifest_dict
+from tritonfleet.clients.model_config import parse_pbtxt, to_pbtxt
 
 CONFIG = "config.pbtxt"
 
@@ -50,6 +52,7 @@ class RepositoryWriter:
         self.staging: Path | None = None
         self.models: dict[str, dict[str, Any]] = {}
         self.actions: dict[str, tuple[str, int]] = {}
+        self.pinned: dict[str, list[int]] = {}  # candidate commits: model -> the versions it keeps serving
         self.notes: list[str] = []        # what the commit did that the user should know (tuned configs)
         self._kept_tuned: set[str] = set()
 
@@ -136,12 +139,31 @@ class RepositoryWriter:
         self._raise(problems)
         return actions
 
-    def commit(self, pipeline_record: Mapping[str, Any], keep_versions: int = 3) -> list[str]:
-        """Apply the staged models to the repository; return the names of removed models."""
+    def _pin_served(self, actions: Mapping[str, tuple[str, int]]) -> dict[str, list[int]]:
+        """Candidate commits: every model that changes keeps serving the versions served now
+        (``version_policy: specific``); a new version waits on disk for ``tritonfleet promote``."""
+        pinned = {}
+        for name, (action, _) in actions.items():
+            if action in ("new", "unchanged"):
+                continue
+            served, _ = served_versions(self.repo, name)
+            staged = self.model_dir(name) / CONFIG
+            proto = parse_pbtxt(staged.read_text(encoding="utf-8"))
+            proto.version_policy.specific.versions[:] = served
+            staged.write_text(to_pbtxt(proto), encoding="utf-8")
+            pinned[name] = served
+        return pinned
+
+    def commit(self, pipeline_record: Mapping[str, Any], keep_versions: int = 3, candidate: bool = False) -> list[str]:
+        """Apply the staged models to the repository; return the names of removed models.
+        ``candidate``: models that change keep serving what they serve now (:meth:`_pin_served`)."""
         assert self.staging is not None
         recover(self.repo)
         manifest = read_manifest_dict(self.repo)
         actions = self._actions(manifest)
+        if candidate:
+            self.pinned = self._pin_served(actions)
+            actions = self._actions(manifest)  # a pinned config may equal the one on disk
         self.actions = actions
         self.repo.mkdir(parents=True, exist_ok=True)
         trash = self.staging / ".replaced"
@@ -177,7 +199,9 @@ class RepositoryWriter:
                 journal.move(staged / "1", dest / str(version))
                 tree.update({f"{version}/{k}": v for k, v in _version_files(files, 1).items()})
                 versions[str(version)] = _version_record(record)
-                for old_version in sorted(int(v) for v in versions)[:-keep_versions]:
+                served = self.pinned.get(name, [])  # never removed: they serve
+                excess = max(0, len(versions) - keep_versions)
+                for old_version in [v for v in sorted(int(v) for v in versions) if v not in served][:excess]:
                     if (dest / str(old_version)).exists():
                         journal.move(dest / str(old_version), trash / f"{name}.v{old_version}")
                     del versions[str(old_version)]
@@ -186,7 +210,9 @@ class RepositoryWriter:
             latest = version if new_version else int(old.get("version", 1))
             fields = record if new_version else {k: v for k, v in record.items() if k != "version"}
             manifest["models"][name] = {**old, **fields, "version": latest, "owners": owners, "files": tree,
-                                        "versions": versions, "version_policy": None}
+                                        "versions": versions,
+                                        "version_policy": {"specific": self.pinned[name]} if name in self.pinned
+                                        else None}
             self._tuned_note(name, manifest["models"][name], old)
         manifest["pipelines"][self.pipeline] = {**pipeline_record, "models": sorted(self.models)}
         new_manifest = self.staging / MANIFEST

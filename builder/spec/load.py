@@ -33,14 +33,17 @@ def load_spec(path: str | Path) -> PipelineSpec:
 
 def _read_yaml(path: Path, chain: tuple[Path, ...]) -> Any:
     if not path.is_file():
-        raise SpecError(f"spec file not found: {path}" + (f" (extended by {chain[-1]})" if chain else ""))
+        fix = ("check the extends: name (a file in the folder of the spec that extends it)" if chain else
+               "check the path (a relative path is resolved against the current folder)")
+        raise SpecError(f"spec file not found: {path}" + (f" (extended by {chain[-1]})" if chain else "") + f"; {fix}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
+        raise SpecError(f"{path}: malformed YAML{where}: {problem}; fix the YAML there (indentation, "
+                        "brackets, quotes)") from None
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not a UTF-8 text file") from None
     if not isinstance(raw, dict) or "extends" not in raw:
@@ -50,7 +53,8 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> Any:
     if not isinstance(base_name, str) or Path(base_name).name != base_name:
         raise SpecError(f"{path}: extends: '{base_name}' must name a spec file in the same folder")
     if base.resolve() in {p.resolve() for p in (*chain, path)}:
-        raise SpecError(f"{path}: extends: '{base_name}' makes a cycle")
+        raise SpecError(f"{path}: extends: '{base_name}' makes a cycle; a spec cannot extend itself, directly or "
+                        "through the specs it extends: remove one of the extends")
     return _merge(_read_yaml(base, (*chain, path)), raw)
 
 

@@ -27,6 +27,7 @@ from tritonfleet.builder.spec.options import (
     Serving,
     TensorRTSpec,
 )
+from tritonfleet.builder.spec.promotion import PromotionPolicy, promotion_problems
 from tritonfleet.clients.dtypes import FLOAT_DTYPES
 
 
@@ -46,6 +47,7 @@ class PipelineSpec(_Strict):
     precision: PrecisionSpec = Field(default_factory=PrecisionSpec)
     tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
     formats: FormatSpec = Field(default_factory=FormatSpec)  # onnx, plus torchscript members
+    promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)  # the gate of tritonfleet promote
     distillation: DistillationSpec | None = None  # a student trained on the ensemble (tritonfleet distill)
 
     _source_dir: Path | None = PrivateAttr(default=None)  # the folder relative paths were resolved against
@@ -200,6 +202,7 @@ class PipelineSpec(_Strict):
             )
         problems += self._check_graph()
         problems += engine_problems(self.all_models) if self.tensorrt.engines else []
+        problems += promotion_problems(self)
         problems += distillation_problems(self)
         if not problems:  # the checks below assume a sound graph
             problems += self._check_precisions()

@@ -30,6 +30,7 @@ class LoadConfig:
     # inputs placed once in registered regions, outputs written there: "system" or "cuda" (see clients.shm)
     shared_memory: Literal["none", "system", "cuda"] = "none"
     device_id: int = 0  # the GPU of CUDA shared-memory regions
+    version: str = ""  # a loaded version of the model ("": the server's choice, the newest loaded)
 
     def __post_init__(self):
         checks = (

@@ -150,9 +150,10 @@ class CallbackEngine:
                                                            ("grpc.max_receive_message_length", -1)])
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         if layout is None:
-            self.requests = [grpc_request(cfg.model, meta, batch, cfg.parameters) for batch in batches]
+            self.requests = [grpc_request(cfg.model, meta, batch, cfg.parameters, version=cfg.version)
+                             for batch in batches]
         else:
-            self.requests = [grpc_request(cfg.model, meta, batch, cfg.parameters, placed, layout.outputs)
+            self.requests = [grpc_request(cfg.model, meta, batch, cfg.parameters, placed, layout.outputs, cfg.version)
                              for batch, placed in zip(layout.batches, layout.inputs)]
         self.stop = threading.Event()
         self.issued = 0
@@ -288,7 +289,7 @@ class AsyncioEngine:
         if cfg.parameters:
             kw["parameters"] = cfg.parameters
         try:
-            await self.client.infer(cfg.model, inputs, outputs=outputs, **kw)
+            await self.client.infer(cfg.model, inputs, outputs=outputs, model_version=cfg.version, **kw)
         except Exception as exc:  # counted, never raised: the run measures errors
             self.recorder.done(scheduled, False, error_text(exc))
         else:

@@ -99,13 +99,14 @@ def request_batches(meta: ModelMetadata, batch_size: int, inputs: Sequence[np.nd
 
 
 def grpc_request(model: str, meta: ModelMetadata, batch: Sequence[np.ndarray], parameters: dict | None = None,
-                 inputs_at: Sequence[Placement] | None = None, outputs_at: Sequence[Placement] | None = None):
+                 inputs_at: Sequence[Placement] | None = None, outputs_at: Sequence[Placement] | None = None,
+                 version: str = ""):
     """A ``ModelInferRequest`` protobuf with the batch as raw input contents, or, with
     ``inputs_at``/``outputs_at``, pointing at where the batch and the outputs lie in shared memory."""
     from tritonclient.grpc import service_pb2
     from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
 
-    request = service_pb2.ModelInferRequest(model_name=model, model_version="")
+    request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
     for i, (spec, array) in enumerate(zip(meta.inputs, batch)):
         array = np.ascontiguousarray(array)
         tensor = request.inputs.add()
