@@ -298,3 +298,16 @@ def test_ngc_compiled_models_are_onnxruntime_models(ngc_build):
         assert tensors_of(cfg, "output") == tensors_of(ensemble, "output")
         files = sorted(p.name for p in (repo / f"digits_compiled{suffix}" / "1").iterdir())
         assert files == ["model.onnx"]
+
+
+def test_the_build_command_flag_asks_for_it(example_specs):
+    from tritonfleet.builder.cli import make_parser
+    from tritonfleet.builder.cli.build import apply_overrides
+    from tritonfleet.builder.spec import load_spec, with_overrides
+
+    plain = with_overrides(load_spec(example_specs / "digits_vote.yaml"), {"serving": {"compile": False}})
+    assert plain.compiled_model_name is None
+    args = make_parser().parse_args(["build", str(example_specs / "digits_vote.yaml"), "--compile"])
+    assert apply_overrides(plain, args).compiled_model_name == "digits_vote_compiled"
+    args = make_parser().parse_args(["build", str(example_specs / "digits_vote.yaml")])
+    assert apply_overrides(plain, args).compiled_model_name is None
