@@ -23,7 +23,7 @@ import signal
 import sys
 from pathlib import Path
 
-from common import ROOT, SPEC_DIR, bench_parser, machine, markdown_table, publish, today
+from common import ROOT, SPEC_DIR, bench_parser, headline, machine, markdown_table, publish, today
 
 RELIABILITY = ROOT / "docs" / "RELIABILITY.md"
 KILLED = "cnn_small_b"
@@ -79,6 +79,24 @@ def summarize(result, killed: str | None, restarts: dict) -> tuple[str, str]:
     return f"{summary}; {verdicts}", verdicts
 
 
+def headlines(result, killed: str | None) -> list[dict]:
+    """The rows of BENCHMARKS.md's Headlines table, derived from ``result``."""
+    rss = (f"{100 * result.rss_growth:+.1f}%" if len(result.rss_mb) >= 2 else "not sampled")
+    rss_row = headline("server RSS growth over the run", rss, "< 10%",
+                       "met" if len(result.rss_mb) >= 2 and result.rss_growth < 0.10 else "missed")
+    if killed is None:
+        return [headline(f"soak: failed requests of {result.total:,}", f"{result.failures:,}", "0",
+                         "met" if result.failures == 0 else "missed"), rss_row]
+    outage = result.outage_summary()
+    return [headline(f"stub of `{killed}` killed, client without retries: failed requests of {result.total:,}",
+                     f"{result.failures:,}", "(shows the raw effect)", "measured"),
+            headline("outage seen by that client (first failure to first success after the last)",
+                     "none" if outage is None else f"{outage['seconds']:.2f} s", "(shows the raw effect)", "measured"),
+            headline("failed requests after the outage", "0" if outage is None else f"{outage['failed_after']:,}", "0",
+                     "met" if outage is None or outage["failed_after"] == 0 else "missed"),
+            rss_row]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--model", default="digits")
@@ -124,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{today()}\n\n{summary}\n\n{tenths_table(result)}")
     key = "soak_fault" if supervised else "soak"
     publish(__file__, text, result.to_dict(), args, argv, key,
-            ("Soak with a stub killed mid-run" if supervised else "Soak") + " (bench/soak.py)")
+            ("Soak with a stub killed mid-run" if supervised else "Soak") + " (bench/soak.py)",
+            headlines(result, KILLED if supervised else None))
     if args.record:
         command = " ".join(["python bench/soak.py", *(argv if argv is not None else sys.argv[1:])])
         print(f"recorded in {record_reliability(f'reliability_{key}', verdicts, command)}")

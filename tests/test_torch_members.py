@@ -44,7 +44,7 @@ def test_torchscript_variants_are_built_and_checked_against_pytorch(repository):
         assert records[0].max_abs_error <= (1e-5 if precision == "fp32" else 5e-2), records[0]
         folder = result.repository / name / "1"
         files = sorted(p.name for p in folder.iterdir() if p.name != "__pycache__")
-        assert files == ["model.pt", "model.py"]
+        assert files == ["model.pt", "model.py", "tritonfleet_serving.py"]  # the runner hands errors on through it
         assert (folder / "model.py").read_bytes() == runtime.TORCH_RUNNER.read_bytes()
         assert leaked_host_details(result.repository, [folder / "model.pt"]) == []
     manifest = json.loads((result.repository / "manifest.json").read_text())
