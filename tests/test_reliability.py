@@ -521,14 +521,14 @@ REQUEST_CASES = ["wrong-input-name", "wrong-shape", "wrong-dtype", "empty-batch"
 REQUEST_MESSAGES = {
     "wrong-input-name": "model 'digits' takes inputs ['image']; got unknown ['img'], missing ['image']",
     "wrong-shape": "model 'digits' at {url}: {any}unexpected shape for input 'image' for model 'digits'. Expected "
-                   "[-1,1,8,8], got [2,1,8,4]{any}",
+                   "[-1,1,8,8], got [2,1,4,8]{any}",
     "wrong-dtype": "model 'digits' at {url}: {any}inference input 'image' data-type is 'FP64', but model 'digits' "
                    "expects 'FP32'",
     "empty-batch": "model 'digits': empty batch ({'image': 0} samples); send at least one sample",
     "nan-input": "model 'digits_vote' at {url}: in ensemble 'digits_vote', fusion: member 0 scores hold NaN or inf "
                  "values",
     "oversized-request": "model 'digits' at {url}: {any}inference request batch-size must be <= 64 for 'digits'",
-    "unknown-model": "model 'nope' at {url}: {any}Request for unknown model: 'nope' is not found",
+    "unknown-model": "model 'nope' at {url}: Request for unknown model: 'nope' is not found",
     "server-not-running": "cannot reach tritonserver at {url} ({any}); is it running? Start one with 'tritonfleet "
                           "serve REPOSITORY'",
 }
