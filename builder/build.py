@@ -66,6 +66,7 @@ from tritonfleet.builder.repository.reuse import ArtifactKeys, reusable_record
 from tritonfleet.builder.repository.writer import RepositoryWriter
 from tritonfleet.builder.runtime.ops import fuse, to_probabilities
 from tritonfleet.builder.spec import MemberSpec, PipelineSpec
+from tritonfleet.builder.spec.monitoring import publishes_metrics
 from tritonfleet.builder.spec.sizes import resize_inputs
 from tritonfleet.builder.spec.splits import SPLITS, Probe, Split, load_split, parity_probes
 from tritonfleet.builder.stages.fit import fit_stacking, fit_weights
@@ -76,6 +77,7 @@ from tritonfleet.builder.stages.onnx2int8 import QuantizeInt8
 from tritonfleet.builder.stages.onnx2trt import INSTALL_HINT, BuildEngine, engine_record, run_engine, tensorrt_version
 from tritonfleet.builder.stages.parity import ParityRecord, compare_outputs, merge_records, run_onnx, run_torch
 from tritonfleet.builder.stages.pipeline2onnx import CompilePipeline, compile_refusal
+from tritonfleet.builder.stages.profile import pipeline_profile
 from tritonfleet.builder.stages.torch2onnx import ExportOnnx
 from tritonfleet.builder.stages.torch2torchscript import ExportTorchScript, run_torchscript
 from tritonfleet.builder.stages.variants import (
@@ -125,6 +127,7 @@ class BuildState:
     keys: ArtifactKeys
     members: dict[str, MemberBuild] = field(default_factory=dict)
     fitted: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] | None = None       # reference profile of the pipeline's traffic (monitoring)
     plans: list[ModelPlan] = field(default_factory=list)
     # memos of derived data: PyTorch models loaded once, outputs computed once per dataset
     _torch: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -271,6 +274,14 @@ class Fitted:
 
     def apply(self, state: BuildState) -> None:
         state.fitted = dict(self.params)
+
+
+@dataclass(frozen=True)
+class Profiled:
+    profile: dict[str, Any] | None
+
+    def apply(self, state: BuildState) -> None:
+        state.profile = self.profile
 
 
 @dataclass(frozen=True)
@@ -563,6 +574,22 @@ class FitFusion(BuildStep[BuildState]):
         return Fitted(fit_stacking(probs, labels, spec.num_classes, f.regularization, f.max_iter))
 
 
+class Profile(BuildStep[BuildState]):
+    """The reference profile of the pipeline's traffic metrics on data.validation, from what
+    Triton will compute (served variants, fitted fusion); optional: without it the pipeline
+    still publishes its metrics, with no reference to compare them with."""
+
+    name = "reference profile (monitoring)"
+    required = False
+
+    def run(self, state: BuildState):
+        spec = state.spec
+        fitted = {k: v for k, v in state.fitted.items() if k in ("weights", "coef", "intercept")}
+        fusion = fusion_params(spec, fitted) if spec.fusion_kind == "classification" else None
+        return Profiled(pipeline_profile(spec, state.splits["validation"].inputs,
+                                         lambda m: state.outputs_for(m, "validation", "onnx"), fusion))
+
+
 class Write(BuildStep[BuildState]):
     """Plan every model of the pipeline from what was built and stage it with its record."""
 
@@ -578,7 +605,8 @@ class Write(BuildStep[BuildState]):
         engines = {n: list(b.engines) for n, b in members.items() if b.engines}
         torchscript = {n: list(b.torch) for n, b in members.items()}
         fitted = {k: v for k, v in state.fitted.items() if k in ("weights", "coef", "intercept")}
-        plans = plan_pipeline(state.spec, state.target, built, served, engines, fitted, state.external, torchscript)
+        plans = plan_pipeline(state.spec, state.target, built, served, engines, fitted, state.external, torchscript,
+                              profile=state.profile)
         check_graph(plans)
         selections = {n: b.selection for n, b in members.items() if b.selection}
         for plan in plans:
@@ -701,8 +729,9 @@ def build(
             failpoint("after-steps")
             shutil.rmtree(state.work, ignore_errors=True)
             selections = {n: b.selection for n, b in state.members.items() if b.selection}
-            removed = writer.commit(pipeline_record(spec, target, repo, spec_path, splits, selections, state.fitted),
-                                    candidate=candidate)
+            monitoring = {"profile": state.profile} if publishes_metrics(spec) else None
+            removed = writer.commit(pipeline_record(spec, target, repo, spec_path, splits, selections, state.fitted,
+                                                    monitoring), candidate=candidate)
         except OSError as exc:  # disk full, permissions: the journal restores the repository
             recover(repo)
             raise RepositoryError(
@@ -753,6 +782,8 @@ def plan_steps(state: BuildState, manifest: dict[str, Any], writer: RepositoryWr
     f = spec.fusion
     if f.type == "stacking" or (f.type == "weighted_mean" and f.weights == "auto"):
         steps.append(FitFusion(f.type))
+    if publishes_metrics(spec) and state.splits.get("validation") is not None:
+        steps.append(Profile())
     steps += compile_steps(state, manifest, writer, engines)
     steps.append(Write(writer))
     return steps

@@ -8,7 +8,8 @@ through :class:`Manifest` and never needs the spec or the builder:
   from, its version, the sha256 of each file, its parity against PyTorch;
 * :class:`PipelineRecord` — one pipeline (spec): its target, its models and the labelled
   data splits the build used (:class:`SplitRecord`), so accuracy can be measured through
-  the server later with exactly those samples.
+  the server later with exactly those samples, and the reference profile its traffic
+  metrics are compared with (:class:`MonitoringRecord`, ``tritonfleet monitor``).
 
 Paths in the manifest are relative (the data file relative to the spec's folder, the spec's
 folder relative to the repository), so a repository built in another directory or on
@@ -96,6 +97,46 @@ class SplitRecord:
 
 
 @dataclass(frozen=True)
+class Binned:
+    """A reference distribution in bins: ``edges`` (bin ``i`` holds ``(edges[i-1], edges[i]]``)
+    and the reference's share of each of the ``len(edges) + 1`` bins."""
+
+    edges: tuple[float, ...]
+    fractions: tuple[float, ...]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Binned | None:
+        return None if not data else cls(tuple(map(float, data["edges"])), tuple(map(float, data["fractions"])))
+
+
+@dataclass(frozen=True)
+class MonitoringRecord:
+    """What a pipeline's traffic metrics are compared with: its answers on ``data.validation``
+    at build time (``profile`` None: no validation split, no reference)."""
+
+    bins: int | None = None
+    samples: int = 0
+    confidence: Binned | None = None                           # top probability
+    classes: tuple[float, ...] | None = None                   # share of each predicted class
+    disagreement: float | None = None                          # share of compared samples whose members differ
+    inputs: Mapping[str, Mapping[str, Binned]] = field(default_factory=dict)  # input -> mean/std -> bins
+
+    @property
+    def has_reference(self) -> bool:
+        return self.bins is not None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MonitoringRecord:
+        profile = data.get("profile")
+        if not profile:
+            return cls()
+        return cls(int(profile["bins"]), int(profile.get("samples", 0)), Binned.from_dict(profile.get("confidence")),
+                   tuple(profile["classes"]) if profile.get("classes") else None, profile.get("disagreement"),
+                   {name: {stat: Binned.from_dict(b) for stat, b in stats.items()}
+                    for name, stats in (profile.get("inputs") or {}).items()})
+
+
+@dataclass(frozen=True)
 class PipelineRecord:
     name: str
     target: str
@@ -103,6 +144,12 @@ class PipelineRecord:
     spec_dir: str                           # the spec's folder, relative to the repository
     splits: Mapping[str, SplitRecord] = field(default_factory=dict)  # "test", "validation", ...
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def monitoring(self) -> MonitoringRecord | None:
+        """The reference profile of the pipeline's traffic metrics; None when it publishes none."""
+        data = self.raw.get("monitoring")
+        return None if data is None else MonitoringRecord.from_dict(data)
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> PipelineRecord:

@@ -124,6 +124,8 @@ class ServerConfig:
             f"--log-verbose={self.log_verbose}",
             "--strict-readiness=true",
             "--exit-on-error=true",
+            # latency quantiles (p50 ... p99) per model for tritonfleet monitor: nv_inference_request_summary_us
+            "--metrics-config=summary_latencies=true",
         ]
         if self.model_control_mode == "poll":
             args.append(f"--repository-poll-secs={self.repository_poll_secs}")

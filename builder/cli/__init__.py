@@ -13,7 +13,7 @@ import sys
 from tritonfleet.builder.cli.args import CommandParser
 from tritonfleet.clients.errors import TritonfleetError
 
-SUBCOMMANDS = ("build", "serve", "bench", "report", "verify", "rollback", "promote", "deploy", "demo", "distill", "tune")
+SUBCOMMANDS = ("build", "serve", "bench", "report", "verify", "rollback", "promote", "deploy", "monitor", "demo", "distill", "tune")
 
 
 def make_parser() -> CommandParser:

@@ -24,6 +24,9 @@ def register(sub) -> None:
     parser.add_argument("--model-control-mode", choices=("watch", "none", "poll", "explicit"), default="watch",
                         help="watch (default): explicit control + a supervisor that reloads changed models at "
                              "each build's commit point and models whose stub died; poll: Triton's own polling")
+    parser.add_argument("--prediction-log", type=Path, default=None, metavar="DIR",
+                        help="pipelines log each answered request (id, predicted classes) to DIR/<pipeline>.jsonl, "
+                             "for live accuracy in 'tritonfleet monitor --labels'")
     add_server_args(parser)
     parser.set_defaults(run=run)
 
@@ -32,8 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from tritonfleet.clients.server import TritonServer
 
     watch = args.model_control_mode == "watch"
+    env = {}
+    if args.prediction_log is not None:  # read by runtime/tritonfleet_monitoring.py inside the server
+        args.prediction_log.mkdir(parents=True, exist_ok=True)
+        env["TRITONFLEET_PREDICTION_LOG"] = str(args.prediction_log.resolve())
     server = TritonServer(args.repository, model_control_mode="explicit" if watch else args.model_control_mode,
-                          supervise=watch, **server_kwargs(args))
+                          supervise=watch, env=env, **server_kwargs(args))
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

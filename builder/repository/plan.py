@@ -36,6 +36,7 @@ from tritonfleet.builder.repository.config import DynamicBatchingConfig, Ensembl
 from tritonfleet.builder.spec import MemberSpec, PipelineSpec, TensorSpec
 from tritonfleet.builder.spec.axes import merge_checks
 from tritonfleet.builder.spec.formats import TORCH_PRECISIONS
+from tritonfleet.builder.spec.monitoring import publishes_metrics
 from tritonfleet.clients.metadata import MEMBER_ERROR, RAISE_MARKER
 from tritonfleet.clients.vocabulary import ArtifactFormat, ModelKind
 
@@ -44,6 +45,7 @@ ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 TORCHSCRIPT_FILE = "model.pt"  # the name Triton's PyTorch backend loads by default
 TRT_PRECISION_MODE = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
+MONITOR_PREFIX = "monitor_"  # fusion-step inputs that carry the pipeline inputs for monitoring
 
 
 @dataclass(frozen=True)
@@ -224,9 +226,10 @@ def fusion_params(spec: PipelineSpec, fitted: Mapping[str, Any] | None = None) -
 
 
 def fusion_config(spec: PipelineSpec, fitted: Mapping[str, Any] | None = None,
-                  member_errors: Sequence[str] = ()) -> ModelConfig:
+                  member_errors: Sequence[str] = (), monitor: Mapping[str, Any] | None = None) -> ModelConfig:
     """The fusion step; ``member_errors`` names the members whose handed-on errors it reads (local
-    runners, see :data:`RUNNER_OUTPUTS`): optional inputs ``member_error_<k>``, raised first."""
+    runners, see :data:`RUNNER_OUTPUTS`): optional inputs ``member_error_<k>``, raised first.
+    ``monitor``: its monitoring config (:func:`monitor_config`), with inputs ``monitor_<input>``."""
     f = spec.fusion
     if spec.fusion_kind == "classification":
         classes = spec.num_classes
@@ -246,12 +249,31 @@ def fusion_config(spec: PipelineSpec, fitted: Mapping[str, Any] | None = None,
     errors = tuple(TensorConfig(f"member_error_{k}", "string", (1,), optional=True) for k in range(len(member_errors)))
     if member_errors:
         parameters["member_errors"] = json.dumps([[t.name, m] for t, m in zip(errors, member_errors)])
+    watched = ()
+    if monitor is not None:
+        parameters["monitor"] = json.dumps(monitor, sort_keys=True)
+        by_name = {t.name: t for t in spec.inputs}
+        watched = tuple(TensorConfig(tensor, by_name[name].dtype, tuple(by_name[name].shape))
+                        for name, tensor in sorted(monitor["inputs"].items()))
     return ModelConfig(
         name=spec.fusion_model_name, backend="python",
-        inputs=tuple(cfg for _, _, cfg in fusion_inputs(spec)) + errors, outputs=outputs,
+        inputs=tuple(cfg for _, _, cfg in fusion_inputs(spec)) + errors + watched, outputs=outputs,
         max_batch_size=spec.serving.max_batch_size, instance_count=spec.serving.instances,
         instance_kind="KIND_GPU" if on_gpu else "KIND_CPU", dynamic_batching=_batching(spec), parameters=parameters,
     )
+
+
+# --------------------------------------------------------------------------- monitoring
+def monitor_config(spec: PipelineSpec, profile: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The ``monitor`` parameter of the pipeline model (see ``runtime/tritonfleet_monitoring.py``):
+    the reference profile and the tensor holding each monitored input (the fusion step gets the
+    pipeline inputs as extra ``monitor_<input>`` inputs; a BLS model has them anyway)."""
+    if not publishes_metrics(spec):
+        return None
+    watched = sorted((profile or {}).get("inputs") or {})
+    prefix = MONITOR_PREFIX if spec.fusion_kind == "classification" else ""
+    return {"pipeline": spec.name, "classes": spec.num_classes, "inputs": {n: f"{prefix}{n}" for n in watched},
+            "profile": profile}
 
 
 # --------------------------------------------------------------------------- input guard
@@ -272,7 +294,10 @@ def guard_config(spec: PipelineSpec) -> ModelConfig | None:
         name=f"{spec.name}_guard", backend="python", inputs=inputs,
         outputs=tuple(TensorConfig(f"{t.name}_checked", t.dtype, t.dims) for t in inputs),
         max_batch_size=spec.serving.max_batch_size, instance_count=spec.serving.instances, instance_kind="KIND_CPU",
-        dynamic_batching=_batching(spec), parameters={"input_checks": json.dumps(checks, sort_keys=True)},
+        dynamic_batching=_batching(spec), parameters={
+            "input_checks": json.dumps(checks, sort_keys=True),
+            # the guard counts the requests it refuses (tritonfleet_request_errors_total{reason="input"})
+            **({"monitor": json.dumps({"pipeline": spec.name})} if publishes_metrics(spec) else {})},
     )
 
 
@@ -328,10 +353,12 @@ def ensemble_config(spec: PipelineSpec, served: Mapping[str, str], fusion: Model
         steps.append(EnsembleStep(served.get(m.name, m.name), input_map, output_map))
     if fusion is not None:
         handed_on = {f"member_error_{k}": _tensor_name(m.name, MEMBER_ERROR) for k, m in enumerate(members)}
+        watched = {t.name[len(MONITOR_PREFIX):] for t in fusion.inputs if t.name.startswith(MONITOR_PREFIX)}
         steps.append(EnsembleStep(
             fusion.name,
             {**{cfg.name: _tensor_name(m.name, out) for m, out, cfg in fusion_inputs(spec)},
-             **(handed_on if member_errors else {})},
+             **(handed_on if member_errors else {}),
+             **{f"{MONITOR_PREFIX}{t.name}": fed[t.name] for t in inputs if t.name in watched}},
             {t.name: t.name for t in fusion.outputs},
         ))
         outputs = fusion.outputs
@@ -368,16 +395,19 @@ def bls_params(spec: PipelineSpec, served: Mapping[str, str],
     return params
 
 
-def bls_config(spec: PipelineSpec, served: Mapping[str, str], external: Mapping[str, ExternalModel]) -> ModelConfig:
+def bls_config(spec: PipelineSpec, served: Mapping[str, str], external: Mapping[str, ExternalModel],
+               monitor: Mapping[str, Any] | None = None) -> ModelConfig:
     f = spec.fusion
     extra = f.stage_output if f.type == "cascade" else f.route_output
+    parameters = {"pipeline": json.dumps(bls_params(spec, served, external), sort_keys=True)}
+    if monitor is not None:
+        parameters["monitor"] = json.dumps(monitor, sort_keys=True)
     return ModelConfig(
         name=spec.name, backend="python", inputs=_tensors(spec.inputs),
         outputs=(TensorConfig(f.outputs.probabilities, "float32", (spec.num_classes,)),
                  TensorConfig(f.outputs.class_index, "int64", (1,)), TensorConfig(extra, "int64", (1,))),
         max_batch_size=spec.serving.max_batch_size, instance_count=spec.serving.instances, instance_kind="KIND_CPU",
-        dynamic_batching=_batching(spec),
-        parameters={"pipeline": json.dumps(bls_params(spec, served, external), sort_keys=True)},
+        dynamic_batching=_batching(spec), parameters=parameters,
     )
 
 
@@ -489,6 +519,7 @@ def plan_pipeline(
     fitted: Mapping[str, Any] | None = None,
     external: Mapping[str, ExternalModel] | None = None,
     torch: Mapping[str, Sequence[str]] | None = None,
+    profile: Mapping[str, Any] | None = None,
 ) -> list[ModelPlan]:
     """Every model of the pipeline for ``target``, members first, the pipeline model last.
 
@@ -497,7 +528,8 @@ def plan_pipeline(
     ``engines``: member -> precisions with a TensorRT engine (ngc only);
     ``fitted``: fusion parameters fitted at build time (auto weights, stacking);
     ``external``: models already in the repository that BLS stages call;
-    ``torch``: member -> precisions with a TorchScript variant (default: all the spec asks for).
+    ``torch``: member -> precisions with a TorchScript variant (default: all the spec asks for);
+    ``profile``: the reference profile of the pipeline's traffic (monitoring), when computed.
     """
     check_target(spec, target)
     plans = []
@@ -518,7 +550,8 @@ def plan_pipeline(
     if spec.fusion_kind in ("classification", "detection"):
         local = target == "local"  # members are Python runners that hand their errors on
         handing_on = [m.name for m in _needed_members(spec, spec.fused_members)] if local else []
-        fusion = fusion_config(spec, fitted, handing_on)
+        fusion = fusion_config(spec, fitted, handing_on,
+                               monitor_config(spec, profile) if spec.fusion_kind == "classification" else None)
         plans.append(ModelPlan(ModelKind.FUSION, fusion, format=ArtifactFormat.FUSION))
         plans.append(ModelPlan(ModelKind.ENSEMBLE, ensemble_config(spec, names, fusion, guard, member_errors=local),
                                format=ArtifactFormat.ENSEMBLE))
@@ -527,5 +560,6 @@ def plan_pipeline(
                                format=ArtifactFormat.ENSEMBLE))
     else:
         names.update({m.name: variant_name(m, (served or {}).get(m.name, "fp32"), fmt) for m in spec.baselines})
-        plans.append(ModelPlan(ModelKind.PIPELINE, bls_config(spec, names, external or {}), format=ArtifactFormat.BLS))
+        plans.append(ModelPlan(ModelKind.PIPELINE, bls_config(spec, names, external or {}, monitor_config(spec, profile)),
+                               format=ArtifactFormat.BLS))
     return plans + compiled_plans(spec, target, built, engines)

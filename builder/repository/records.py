@@ -71,13 +71,14 @@ def member_files(plan: ModelPlan, artifact: Artifact, stats: VariantStats | None
 
 def guard_files() -> dict[str, Path]:
     """Files of an ensemble's input guard: its model.py and the checks it runs."""
-    return {"model.py": runtime.GUARD_MODEL, runtime.INPUT_CHECKS.name: runtime.INPUT_CHECKS}
+    return {"model.py": runtime.GUARD_MODEL, runtime.INPUT_CHECKS.name: runtime.INPUT_CHECKS,
+            runtime.MONITORING.name: runtime.MONITORING}
 
 
 def fusion_files(fitted: Mapping[str, Any]) -> tuple[dict[str, Path | bytes], dict[str, Any]]:
     """Files and record of an ensemble's fusion step; fitted coefficients go to params.json."""
     files: dict[str, Path | bytes] = {"model.py": runtime.FUSION_MODEL, "ops.py": runtime.OPS,
-                                      runtime.SERVING.name: runtime.SERVING}
+                                      runtime.SERVING.name: runtime.SERVING, runtime.MONITORING.name: runtime.MONITORING}
     if "coef" in fitted:  # stacking: data read by model.py, not code
         files["params.json"] = json.dumps({"coef": fitted["coef"], "intercept": fitted["intercept"]},
                                           sort_keys=True).encode()
@@ -87,7 +88,8 @@ def fusion_files(fitted: Mapping[str, Any]) -> tuple[dict[str, Path | bytes], di
 
 def pipeline_files(fusion_type: str, selections: Mapping[str, Selection]) -> tuple[dict[str, Path], dict[str, Any]]:
     """Files and record of a BLS pipeline (cascade, route)."""
-    files = {"model.py": runtime.BLS_MODELS[fusion_type], "ops.py": runtime.OPS, runtime.SERVING.name: runtime.SERVING}
+    files = {"model.py": runtime.BLS_MODELS[fusion_type], "ops.py": runtime.OPS, runtime.SERVING.name: runtime.SERVING,
+             runtime.MONITORING.name: runtime.MONITORING}
     return files, served_record(selections)
 
 
@@ -108,9 +110,10 @@ def split_record(split: Split, spec: PipelineSpec) -> dict[str, Any]:
 
 def pipeline_record(spec: PipelineSpec, target: str, repo: Path, spec_path: Path | None,
                     splits: Mapping[str, Split | None], selections: Mapping[str, Selection],
-                    fitted: Mapping[str, Any]) -> dict[str, Any]:
+                    fitted: Mapping[str, Any], monitoring: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a pipeline's build recorded: the spec (paths relative to its folder), where that
-    folder is relative to the repository, the data splits it used, tools and choices."""
+    folder is relative to the repository, the data splits it used, tools and choices, and the
+    reference profile its traffic metrics are compared with (``monitoring``, when it publishes any)."""
     spec_dir = os.path.relpath(spec.source_dir, repo) if spec.source_dir else "."
     return {
         "target": target,
@@ -123,6 +126,7 @@ def pipeline_record(spec: PipelineSpec, target: str, repo: Path, spec_path: Path
         "tools": tool_versions(),
         **served_record(selections),
         "fitted": fitted_summary(fitted),
+        **({"monitoring": dict(monitoring)} if monitoring is not None else {}),
     }
 
 

@@ -19,5 +19,6 @@ OPS = HERE / "ops.py"                       # the fusion math, imported by path 
 SERVING = HERE / "tritonfleet_serving.py"   # tensors in and out, parameters, BLS calls
 GUARD_MODEL = HERE / "guard_model.py"       # first ensemble step: checks declared input constraints
 INPUT_CHECKS = HERE / "input_checks.py"     # the checks (range, finite, dynamic-axis bounds), plain numpy
+MONITORING = HERE / "tritonfleet_monitoring.py"  # what a served batch adds to the pipeline's metrics
 
 BLS_MODELS = {"cascade": CASCADE_MODEL, "route": ROUTE_MODEL}

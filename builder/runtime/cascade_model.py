@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+import tritonfleet_monitoring as monitoring
 import tritonfleet_serving as serving
 
 
@@ -18,9 +19,11 @@ class TritonPythonModel:
     def initialize(self, args):
         serving.tensor_path()  # numpy 2 under a numpy-1 stub: use DLPack, or fail loading with the fix
         self.ops = serving.load_ops()
-        _, self.params, self.dtypes = serving.read_params(args, "pipeline")
+        config, self.params, self.dtypes = serving.read_params(args, "pipeline")
         self.stages = self.params["stages"]
         self.out = self.params["outputs"]
+        watch = monitoring.load_config(config)  # traffic metrics for tritonfleet monitor (tritonfleet_monitoring.py)
+        self.metrics = monitoring.PipelineMetrics(pb_utils, watch, ("stage", "fusion", "request")) if watch else None
 
     def execute(self, requests):
         responses = []
@@ -28,6 +31,9 @@ class TritonPythonModel:
             try:
                 responses.append(self._run(request))
             except (serving.StageError, ValueError, self.ops.FusionError) as exc:
+                if self.metrics is not None:
+                    self.metrics.error("stage" if isinstance(exc, serving.StageError) else
+                                       "fusion" if isinstance(exc, self.ops.FusionError) else "request")
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"cascade: {exc}")))
         return responses
 
@@ -48,10 +54,12 @@ class TritonPythonModel:
         thresholds = self._thresholds(request)
         n = len(x[0])
         probs, stage_of = None, np.full((n, 1), -1, np.int64)
+        answers = np.full((len(self.stages), n), -1, np.int64)  # each stage's arg-max where it ran
         pending = np.arange(n)
         for s, stage in enumerate(self.stages):
             scores = serving.call_stage(stage, [a[pending] for a in x])
             p = self.ops.to_probabilities(scores, stage["activation"])
+            answers[s, pending] = np.asarray(p).argmax(axis=1)
             if probs is None:
                 probs = np.zeros((n, p.shape[1]), np.float32)
             done = np.ones(len(pending), bool) if s == len(self.stages) - 1 else \
@@ -61,6 +69,8 @@ class TritonPythonModel:
             pending = pending[~done]
             if len(pending) == 0:
                 break
+        if self.metrics is not None:
+            self.metrics.answered(probs, dict(zip(self.params["inputs"], x)), answers, ids=lambda: [request.request_id()])
         return pb_utils.InferenceResponse(output_tensors=[
             serving.output_tensor(self.out["probabilities"], probs, self.dtypes[self.out["probabilities"]]),
             serving.output_tensor(self.out["class_index"], self.ops.class_index(probs),

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
+import tritonfleet_monitoring as monitoring
 
 _spec = importlib.util.spec_from_file_location("tritonfleet_input_checks", Path(__file__).with_name("input_checks.py"))
 input_checks = importlib.util.module_from_spec(_spec)
@@ -23,6 +24,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.checks = json.loads(config["parameters"]["input_checks"]["string_value"])
         self.names = [i["name"] for i in config["input"]]
+        watch = monitoring.load_config(config)  # counts refused requests: tritonfleet_request_errors_total{reason="input"}
+        self.metrics = monitoring.PipelineMetrics(pb_utils, watch, ("input",), answers=False) if watch else None
 
     def execute(self, requests):
         responses = []
@@ -31,6 +34,8 @@ class TritonPythonModel:
             try:
                 input_checks.check_inputs({n: t.as_numpy() for n, t in tensors.items()}, self.checks)
             except input_checks.InputError as exc:
+                if self.metrics is not None:
+                    self.metrics.error("input")
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
                 continue
             outputs = [pb_utils.Tensor(f"{n}_checked", t.as_numpy()) for n, t in tensors.items()]

@@ -14,6 +14,7 @@ import asyncio
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+import tritonfleet_monitoring as monitoring
 import tritonfleet_serving as serving
 
 ROUTES = ("current", "candidate", "fallback", "shadow", "shadow_error")
@@ -31,6 +32,8 @@ class TritonPythonModel:
             kind=pb_utils.MetricFamily.COUNTER,
         )
         self.metrics = {r: self.family.Metric(labels={"pipeline": config["name"], "route": r}) for r in ROUTES}
+        watch = monitoring.load_config(config)  # traffic metrics for tritonfleet monitor (tritonfleet_monitoring.py)
+        self.traffic = monitoring.PipelineMetrics(pb_utils, watch, ("stage", "request")) if watch else None
 
     async def execute(self, requests):
         return list(await asyncio.gather(*(self._handle(r) for r in requests)))
@@ -39,11 +42,14 @@ class TritonPythonModel:
         try:
             return await self._route(request)
         except (serving.StageError, ValueError) as exc:
+            if self.traffic is not None:
+                self.traffic.error("stage" if isinstance(exc, serving.StageError) else "request")
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"route: {exc}"))
 
     async def _route(self, request):
         p = self.params
         x = [serving.input_array(request, n) for n in p["inputs"]]
+        compared = None  # (current, candidate) scores of a shadowed request, for member disagreement
         to_candidate = self.ops.routes_to_candidate(self.counter, p["candidate_fraction"])
         self.counter += 1
         if to_candidate:
@@ -64,12 +70,17 @@ class TritonPythonModel:
             scores, route = current, 0
             self.metrics["current"].increment(1)
             self.metrics["shadow_error" if isinstance(shadow, BaseException) else "shadow"].increment(1)
+            compared = None if isinstance(shadow, BaseException) else (current, shadow)
         else:
             scores, route = await serving.call_stage_async(p["current"], x), 0
             self.metrics["current"].increment(1)
         stage = p["candidate"] if route == 1 else p["current"]
         probs = self.ops.to_probabilities(scores, stage["activation"])
         routes = np.full((len(probs), 1), route, np.int64)
+        if self.traffic is not None:
+            self.traffic.answered(probs, dict(zip(p["inputs"], x)),
+                                  None if compared is None else (lambda: monitoring.member_argmax(compared)),
+                                  ids=lambda: [request.request_id()])
         return pb_utils.InferenceResponse(output_tensors=[
             serving.output_tensor(self.out["probabilities"], probs, self.dtypes[self.out["probabilities"]]),
             serving.output_tensor(self.out["class_index"], self.ops.class_index(probs),

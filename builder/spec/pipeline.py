@@ -18,6 +18,7 @@ from tritonfleet.builder.spec.distillation import DistillationSpec, distillation
 from tritonfleet.builder.spec.formats import FormatSpec, check_formats
 from tritonfleet.builder.spec.fusion import FusionSpec, StageRef
 from tritonfleet.builder.spec.models import MemberSpec, TensorSpec
+from tritonfleet.builder.spec.monitoring import MonitoringSpec
 from tritonfleet.builder.spec.options import (
     BatchProfile,
     DataSpec,
@@ -47,6 +48,7 @@ class PipelineSpec(_Strict):
     precision: PrecisionSpec = Field(default_factory=PrecisionSpec)
     tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
     formats: FormatSpec = Field(default_factory=FormatSpec)  # onnx, plus torchscript members
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)  # metrics for tritonfleet monitor
     promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)  # the gate of tritonfleet promote
     distillation: DistillationSpec | None = None  # a student trained on the ensemble (tritonfleet distill)
 
