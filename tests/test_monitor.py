@@ -516,8 +516,17 @@ def test_the_cli_writes_rules_that_deploy_accepts(watched, tmp_path):
     assert "tritonfleet:input_psi > 0.3" in exprs["TritonfleetInputDrift"]
     read = set().union(*(series(e) for e in exprs.values()))
     exported = scrape(watched[0].url("metrics"))
-    recorded = {name for name in read if ":" in name}
-    assert {n for n in read - recorded if not exported.has(n)} == set()     # every series the rules read exists
+    recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
+    assert recorded and {n for n in read - recorded if not exported.has(n)} == set()  # every series read exists
+    # tritonfleet deploy wraps them into a PrometheusRule and checks it offline (promtool included)
+    from tritonfleet.builder.lifecycle.deploy.check import check_folder
+
+    deploy = tmp_path / "deploy"
+    assert main(["deploy", "k8s", str(repository), "--out", str(deploy), "--alert-rules", str(out),
+                 "--image", "registry.example/tritonserver-onnxruntime:24.10"]) == 0   # a local-target repository
+    report = check_folder(deploy, require_promtool=True)
+    assert report.ok, report.problems
+    assert report.series >= read - recorded and not report.series & recorded
 
 
 def test_bls_pipelines_count_their_answers(triton, digits_data):

@@ -164,6 +164,8 @@ class _Checker:
                 self.report.labels |= promql.labels(expr)
             except ValueError as exc:
                 found.append(f"{where}: not PromQL ({exc}): {expr}")
+        # series the file's own recording rules make (tritonfleet monitor's drift rules) are not on the endpoint
+        self.report.series -= {r["record"] for g in groups for r in g.get("rules") or [] if r.get("record")}
         if promql.promtool():
             found += [f"promtool: {line}" for line in promql.promtool_check(groups)]
         elif self.require_promtool:
