@@ -5,6 +5,8 @@ go to stage 1, and so on; the last stage answers whatever is left. Only the esca
 samples are sent on, as one batch. A request may override the thresholds with the request
 parameter ``thresholds`` (JSON list) or ``threshold`` (one value for every stage), to trace
 the accuracy/latency trade-off without a rebuild. Output ``stage`` says who answered.
+With the config parameter ``monitor`` it counts its traffic for ``tritonfleet monitor``
+(``tritonfleet_monitoring.py``; stages disagree when two that ran on a sample differ).
 """
 
 import json

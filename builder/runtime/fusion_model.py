@@ -3,6 +3,8 @@
 The math lives in ``ops.py``; this file only moves tensors. Parameters: config
 ``parameters["fusion"]`` (JSON) plus ``params.json`` for fitted coefficients. Requests the
 dynamic batcher groups are fused in one call. Inputs on a GPU stay there (DLPack -> torch).
+With the config parameter ``monitor`` it counts its traffic for ``tritonfleet monitor``
+(``tritonfleet_monitoring.py``), reading the pipeline inputs from its ``monitor_<input>`` inputs.
 """
 
 import json

@@ -7,7 +7,9 @@ and errors are counted, never returned. With ``fallback``, a failing candidate i
 by the current model. Every decision is counted in the Triton metric
 ``tritonfleet_route_total{pipeline, route}`` (routes: current, candidate, fallback, shadow,
 shadow_error) on the server's metrics endpoint; output ``route`` says 0 current,
-1 candidate, 2 fallback for each sample.
+1 candidate, 2 fallback for each sample. With the config parameter ``monitor`` it also counts
+its traffic for ``tritonfleet monitor`` (``tritonfleet_monitoring.py``; current and candidate are
+compared on shadowed requests).
 """
 
 import asyncio
