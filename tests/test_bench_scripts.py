@@ -184,6 +184,23 @@ def test_backend_overhead_smoke_runs_without_dynamic_batching(artifacts, tmp_pat
     assert "dynamic batching off" in out
 
 
+def test_distill_smoke(artifacts, tmp_path, capsys):
+    """bench/distill.py end to end on clean digits: build, distil (3 epochs, --force), serve both, paired
+    accuracy with its interval, ABBA throughput rounds, the goal's verdict."""
+    argv = ["--smoke", "--artifacts", artifacts, "--workdir", tmp_path, "--json", tmp_path / "distill.json"]
+    data, out = run_script("distill", argv, capsys)
+    (row,) = data["levels"]
+    assert (row["noise"], row["epochs"], row["student"]) == (0.0, 3, "digits_student")
+    acc = row["accuracy"]
+    assert acc["samples"] == 360 and acc["ci_pt"][0] <= acc["gain_pt"] <= acc["ci_pt"][1]
+    assert acc["gain_pt"] == pytest.approx(100 * (acc["candidate_accuracy"] - acc["current_accuracy"]))
+    speed = row["throughput"]
+    kept = check_rounds(speed["rounds"], ["ensemble", "student"], 2)
+    values = speed["rounds"]["rounds"]
+    check_ratio(speed["ratio"], [values[i]["student"]["value"] / values[i]["ensemble"]["value"] for i in kept])
+    assert row["speed_verdict"] == bench_module("common").goal_verdict(speed["ratio"], 2.5)
+    assert row["accuracy_verdict"] == ("met" if acc["gain_pt"] >= -0.5 else "missed")
+    assert "SMOKE RUN" in out and "| 0 | " in out and "σ=0: accuracy" in out
 
 
 def test_compiled_vs_ensemble_smoke(triton, tmp_path, capsys):
@@ -238,3 +255,26 @@ def test_tune_digits_smoke(triton, tmp_path, capsys):
             assert int(served["instance_group"][0]["count"]) == disk.instances, model
     finally:
         client.close()
+
+
+def test_runner_cost_smoke(triton, tmp_path, capsys):
+    """bench/runner_cost.py on the session repository's cnn_small_a: the phase counters of the runner and
+    Triton's statistics add up per request; the current runner against itself as the baseline, ABBA rounds."""
+    runner = ROOT / "builder" / "runtime" / "onnx_model.py"
+    argv = ["--from-repository", triton.config.repository, "--models", "cnn_small_a", "--batch-sizes", "1,4",
+            "--window", "0.3", "--max-windows", "3", "--rounds", "2", "--baseline-runner", runner,
+            "--json", tmp_path / "runner_cost.json"]
+    data, out = run_script("runner_cost", argv, capsys)
+    assert [(r["model"], r["batch"]) for r in data["breakdown"]] == [("cnn_small_a", 1), ("cnn_small_a", 4)]
+    for row in data["breakdown"]:
+        assert row["batch_per_execution"] == 1.0 and row["executions"] > 0  # dynamic batching off
+        assert all(row[f"{p}_us"] > 0 for p in ("inputs", "onnxruntime", "outputs", "in_process"))
+        assert row["ipc_us"] == pytest.approx(row["compute_infer_us"] - row["inputs_us"] - row["onnxruntime_us"]
+                                              - row["outputs_us"])
+        assert row["ipc_us"] > 0  # the stub's round trip is part of compute_infer, beyond execute()
+    for row in data["before_vs_now"]:
+        kept = check_rounds(row["rounds"], ["cnn_small_a", "cnn_small_a_before"], 2)
+        values = row["rounds"]["rounds"]
+        check_ratio(row["ratio"], [values[i]["cnn_small_a"]["value"] / values[i]["cnn_small_a_before"]["value"]
+                                   for i in kept])
+    assert "| cnn_small_a | 4 |" in out and "IPC + stub loop" in out
