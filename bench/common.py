@@ -327,6 +327,17 @@ class serving:
             self.server.__exit__(*exc)
 
 
+def example_repository(args: argparse.Namespace, pipelines: Sequence[str]) -> Path:
+    """The repository to measure: ``--repository`` when the script measures a running server
+    (``--url``), else the example specs ``pipelines`` built into ``--output`` (the first one's)."""
+    if args.url:
+        return args.repository
+    from tritonfleet.examples.workdir import build_examples
+
+    built = build_examples(ROOT, list(pipelines), output_dir=args.output, progress=False)
+    return built[pipelines[0]].repository
+
+
 def labelled(repository: Path, split: str = "test", pipeline: str = "digits"):
     """``(inputs, labels)`` of the labelled ``split`` that ``pipeline``'s build recorded in the
     repository's manifest (the same samples whichever way the repository was built)."""

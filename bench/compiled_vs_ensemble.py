@@ -27,17 +27,16 @@ class indices on the test split.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
 
 import numpy as np
+from asyncio_sides import CLIENT_SIDE, measure_side
 
 from common import (
-    ROOT,
     Sample,
     add_server_args,
     bench_parser,
     check_server_args,
+    example_repository,
     fmt_ratio,
     fusion_step,
     goal_verdict,
@@ -104,74 +103,6 @@ def loadgen_side(url: str, model: str, batch: int, x: np.ndarray, args) -> Sampl
                                             "p50_ms": r.latency_ms.get("p50")})
 
 
-class Calls:
-    """The compiled model and client-side fusion, on one asyncio gRPC client."""
-
-    def __init__(self, client, params: dict, members: list[tuple[str, str]]):
-        import tritonclient.grpc.aio as grpcclient
-
-        from tritonfleet.builder.runtime import ops
-
-        self.client, self.params, self.members, self.ops, self.grpc = client, params, members, ops, grpcclient
-
-    def inputs(self, batch: np.ndarray):
-        tensor = self.grpc.InferInput("image", list(batch.shape), "FP32")
-        tensor.set_data_from_numpy(batch)
-        return [tensor]
-
-    async def compiled(self, batch: np.ndarray) -> np.ndarray:
-        return (await self.client.infer(COMPILED, self.inputs(batch))).as_numpy("probabilities")
-
-    async def client_side(self, batch: np.ndarray) -> np.ndarray:
-        results = await asyncio.gather(*(self.client.infer(m, self.inputs(batch)) for m, _ in self.members))
-        return self.ops.fuse(self.params, [r.as_numpy(out) for r, (_, out) in zip(results, self.members)])["probabilities"]
-
-
-async def asyncio_side(url: str, side: str, batches, params, members, args) -> Sample:
-    """One side: ``--concurrency`` asyncio workers, windows until stable (or ``--max-windows``)."""
-    import tritonclient.grpc.aio as grpcclient
-
-    from tritonfleet.clients.loadgen.requests import error_text
-    from tritonfleet.clients.loadgen.results import Recorder
-    from tritonfleet.clients.loadgen.windows import is_stable, measure_windows, spread
-
-    client = grpcclient.InferenceServerClient(url)
-    call = getattr(Calls(client, params, members), side)
-    recorder, cycle, stop = Recorder(), itertools.cycle(batches), [False]
-
-    async def worker() -> None:
-        while not stop[0]:
-            batch, start = next(cycle), time.perf_counter()
-            recorder.started()
-            try:
-                await call(batch)
-            except Exception as exc:  # counted: a failing side shows as errors, not as speed
-                recorder.done(start, False, error_text(exc))
-            else:
-                recorder.done(start, True)
-
-    tasks = [asyncio.ensure_future(worker()) for _ in range(args.concurrency)]
-    try:
-        await asyncio.sleep(min(1.0, args.window))
-        gen = measure_windows(recorder.window, args.window, args.max_windows, 3, 10.0, time.perf_counter())
-        try:
-            wait = next(gen)
-            while True:
-                await asyncio.sleep(wait)
-                wait = gen.send(None)
-        except StopIteration as done:
-            windows = done.value
-    finally:
-        stop[0] = True
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await client.close()
-    last = windows[-3:]
-    rate = sum(w.requests for w in last) * len(batches[0]) / sum(w.seconds for w in last)
-    return Sample(rate, is_stable(windows, 3, 10.0),
-                  {"errors": sum(w.errors for w in last), "windows": len(windows),
-                   "spread": [spread([w.requests_per_s for w in last]), spread([w.mean_latency_ms for w in last])]})
-
-
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
@@ -179,12 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from tritonfleet.clients.loadgen import make_batches
     from tritonfleet.clients.manifest import Manifest
 
-    if args.url:
-        repository = args.repository
-    else:
-        from tritonfleet.examples.workdir import build_examples
-
-        repository = build_examples(ROOT, [PIPELINE], output_dir=args.output, progress=False)[PIPELINE].repository
+    repository = example_repository(args, [PIPELINE])
     if COMPILED not in Manifest.read(repository).models:
         raise SystemExit(f"{repository} has no model '{COMPILED}': build {PIPELINE} with serving.compile: true "
                          "(or tritonfleet build --compile)")
@@ -204,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                 how, label = "load generator", f"`{PIPELINE}` ensemble"
             else:
                 batches = [bt[0] for bt in make_batches([x], b)]
-                run = run_abba(lambda side, _r, batches=batches: asyncio.run(
-                    asyncio_side(url, side, batches, params, members, args)), ("compiled", "client_side"), args.rounds)
+                models = {"compiled": COMPILED, "client_side": CLIENT_SIDE}
+                run = run_abba(lambda side, _r, batches=batches, models=models: asyncio.run(measure_side(
+                    url, models[side], batches, params, members, args.concurrency, args.window, args.max_windows)),
+                    ("compiled", "client_side"), args.rounds)
                 how, label = "asyncio client", "client-side fusion"
             ratio = run.ratio("compiled", other)
             goal = GOALS.get((other, b))

@@ -16,17 +16,15 @@ batches and windows (until perf_analyzer's stability rule holds: last 3 windows,
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
 
 import numpy as np
+from asyncio_sides import CLIENT_SIDE, max_difference, measure_side
 
 from common import (
-    ROOT,
-    Sample,
     add_server_args,
     bench_parser,
     check_server_args,
+    example_repository,
     fmt_ratio,
     fusion_step,
     goal_verdict,
@@ -41,8 +39,9 @@ from common import (
 )
 
 GOAL = 1.5
-SIDES = ("ensemble", "client_side")
 ENSEMBLE = "digits"
+SIDES = ("ensemble", CLIENT_SIDE)
+MODELS = {"ensemble": ENSEMBLE, CLIENT_SIDE: CLIENT_SIDE}  # side -> what answers it
 
 
 def parse(argv):
@@ -63,113 +62,29 @@ def parse(argv):
     return args
 
 
-class Pipelines:
-    """The two ways to answer a batch, on one asyncio gRPC client."""
-
-    def __init__(self, client, params: dict, members: list[tuple[str, str]]):
-        import tritonclient.grpc.aio as grpcclient
-
-        from tritonfleet.builder.runtime import ops
-
-        self.client, self.params, self.members, self.ops, self.grpc = client, params, members, ops, grpcclient
-
-    def inputs(self, batch: np.ndarray):
-        tensor = self.grpc.InferInput("image", list(batch.shape), "FP32")
-        tensor.set_data_from_numpy(batch)
-        return [tensor]
-
-    async def ensemble(self, batch: np.ndarray) -> np.ndarray:
-        return (await self.client.infer(ENSEMBLE, self.inputs(batch))).as_numpy("probabilities")
-
-    async def client_side(self, batch: np.ndarray) -> np.ndarray:
-        results = await asyncio.gather(*(self.client.infer(m, self.inputs(batch)) for m, _ in self.members))
-        return self.ops.fuse(self.params, [r.as_numpy(out) for r, (_, out) in zip(results, self.members)])["probabilities"]
-
-
-async def measure_side(url: str, side: str, batches, params, members, args) -> Sample:
-    """One side: ``--concurrency`` workers, windows until stable (or ``--max-windows``)."""
-    import tritonclient.grpc.aio as grpcclient
-
-    from tritonfleet.clients.loadgen.requests import error_text
-    from tritonfleet.clients.loadgen.results import Recorder
-    from tritonfleet.clients.loadgen.windows import is_stable, measure_windows, spread
-
-    client = grpcclient.InferenceServerClient(url)
-    call = getattr(Pipelines(client, params, members), side)
-    recorder, cycle, stop = Recorder(), itertools.cycle(batches), [False]
-
-    async def worker() -> None:
-        while not stop[0]:
-            batch, start = next(cycle), time.perf_counter()
-            recorder.started()
-            try:
-                await call(batch)
-            except Exception as exc:  # counted: a failing side shows as errors, not as speed
-                recorder.done(start, False, error_text(exc))
-            else:
-                recorder.done(start, True)
-
-    tasks = [asyncio.ensure_future(worker()) for _ in range(args.concurrency)]
-    try:
-        await asyncio.sleep(min(1.0, args.window))
-        gen = measure_windows(recorder.window, args.window, args.max_windows, 3, 10.0, time.perf_counter())
-        try:
-            wait = next(gen)
-            while True:
-                await asyncio.sleep(wait)
-                wait = gen.send(None)
-        except StopIteration as done:
-            windows = done.value
-    finally:
-        stop[0] = True
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await client.close()
-    last = windows[-3:]
-    rate = sum(w.requests for w in last) * len(batches[0]) / sum(w.seconds for w in last)
-    return Sample(rate, is_stable(windows, 3, 10.0),
-                  {"errors": sum(w.errors for w in last), "windows": len(windows),
-                   "spread": [spread([w.requests_per_s for w in last]), spread([w.mean_latency_ms for w in last])]})
-
-
-async def check_same_answer(url: str, batch: np.ndarray, params, members) -> float:
-    import tritonclient.grpc.aio as grpcclient
-
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        pipelines = Pipelines(client, params, members)
-        return float(np.abs(await pipelines.ensemble(batch) - await pipelines.client_side(batch)).max())
-    finally:
-        await client.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
 
     from tritonfleet.clients.loadgen import make_batches
 
-    if args.url:
-        repository = args.repository
-    else:
-        from tritonfleet.examples.workdir import build_examples
-
-        repository = build_examples(ROOT, [ENSEMBLE], output_dir=args.output, progress=False)[ENSEMBLE].repository
+    repository = example_repository(args, [ENSEMBLE])
     x = labelled(repository)[0][0]
     _, params, members = fusion_step(repository, ENSEMBLE)
     rows, raw, found = [], [], []
     with serving(repository, args.url) as url:
         for b in (int(v) for v in args.batch_sizes.split(",")):
             batches = [bt[0] for bt in make_batches([x], b)]
-            diff = asyncio.run(check_same_answer(url, batches[0], params, members))
+            diff = asyncio.run(max_difference(url, batches[0], params, members, ENSEMBLE, CLIENT_SIDE))
             if not diff <= 1e-5:
                 raise SystemExit(f"the ensemble and client-side fusion disagree at batch {b}: max abs diff {diff:.3g}")
-            run = run_abba(lambda side, _r, batches=batches: asyncio.run(measure_side(url, side, batches, params,
-                                                                                      members, args)), SIDES,
+            run = run_abba(lambda side, _r, batches=batches: asyncio.run(measure_side(
+                url, MODELS[side], batches, params, members, args.concurrency, args.window, args.max_windows)), SIDES,
                            args.rounds)
-            ratio = run.ratio("ensemble", "client_side")
+            ratio = run.ratio("ensemble", CLIENT_SIDE)
             judged = goal_verdict(ratio, GOAL)
             found.append((b, ratio, judged))
             raw.append({"batch": b, "max_abs_diff": diff, "ratio": ratio, "verdict": judged, "rounds": run.to_dict()})
-            rows.append([b, args.concurrency, _num(run.values("ensemble")), _num(run.values("client_side")),
+            rows.append([b, args.concurrency, _num(run.values("ensemble")), _num(run.values(CLIENT_SIDE)),
                          fmt_ratio(ratio, suffix="x"), run.kept_text(), judged])
     table = markdown_table(["batch", "concurrency", "server-side ensemble infer/s", "client-side fusion infer/s",
                             "ensemble ÷ client-side, median [min–max], n", "rounds kept", f"goal >= {GOAL}x"], rows)

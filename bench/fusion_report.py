@@ -30,11 +30,11 @@ import itertools
 import numpy as np
 
 from common import (
-    ROOT,
     Sample,
     add_server_args,
     bench_parser,
     check_server_args,
+    example_repository,
     fmt_ratio,
     fusion_step,
     goal_verdict,
@@ -94,13 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from tritonfleet.clients.loadgen import LoadConfig, make_batches, run_load
 
     wanted = args.models.split(",")
-    if args.url:
-        repository = args.repository
-    else:
-        from tritonfleet.examples.workdir import build_examples
-
-        names = [ENSEMBLE, *(p for p in PIPELINES if p in wanted and p != ENSEMBLE)]
-        repository = build_examples(ROOT, names, output_dir=args.output, progress=False)[ENSEMBLE].repository
+    repository = example_repository(args, [ENSEMBLE, *(p for p in PIPELINES if p in wanted and p != ENSEMBLE)])
     present = [m for m in wanted if (repository / m / "config.pbtxt").is_file()]
     missing = [m for m in wanted if m not in present]
     inputs, labels = labelled(repository)

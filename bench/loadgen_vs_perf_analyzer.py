@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from common import (
-    ROOT,
     Sample,
     add_server_args,
     bench_parser,
     check_server_args,
+    example_repository,
     fmt_ratio,
     headline,
     labelled,
@@ -90,12 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from tritonfleet.clients.loadgen import LoadConfig, run_load
     from tritonfleet.clients.perf import PerfAnalyzerConfig, run_perf_analyzer, write_input_data
 
-    if args.url:
-        repository = args.repository
-    else:
-        from tritonfleet.examples.workdir import build_examples
-
-        repository = build_examples(ROOT, ["digits"], output_dir=args.output, progress=False)["digits"].repository
+    repository = example_repository(args, ["digits"])
     inputs, _ = labelled(repository)
     x = inputs[0]
     all_cpus = os.sched_getaffinity(0)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import numpy as np
 
 from common import (
-    ROOT,
     add_server_args,
     bench_parser,
     check_server_args,
+    example_repository,
     headline,
     labelled,
     machine,
@@ -64,12 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from tritonfleet.clients.infer import TritonClient
     from tritonfleet.clients.manifest import Manifest
 
-    if args.url:
-        repository = args.repository
-    else:
-        from tritonfleet.examples.workdir import build_examples
-
-        repository = build_examples(ROOT, ["digits"], output_dir=args.output, progress=False)["digits"].repository
+    repository = example_repository(args, ["digits"])
     inputs, labels = labelled(repository)
     described = [m for m in describe_models(Manifest.read(repository)) if m.member and m.precision]
     wanted = set(args.models.split(",")) if args.models else {m.member for m in described}

@@ -87,6 +87,27 @@ def variant_folder(repo: Path, served: Path, model: str, new: str, parameters: d
         shutil.copyfile(runner, served / new / "1" / "model.py")
 
 
+def build_digits(args, batches: list[int]) -> Path:
+    """The digits members, fp32, with a max batch size for every batch measured."""
+    from tritonfleet.builder.build import build
+    from tritonfleet.builder.spec import load_spec, with_overrides
+    from tritonfleet.examples.digits.train import ensure_trained
+    from tritonfleet.examples.workdir import artifacts
+
+    ensure_trained(artifacts(ROOT), progress=False)
+    spec = with_overrides(load_spec(SPEC_DIR / "digits.yaml"), {
+        "serving": {"max_batch_size": max(64, *batches)}, "precision": {"variants": ["fp32"]}})
+    out = args.output or Path(tempfile.mkdtemp(prefix="tritonfleet-runner-cost-")) / "model_repository"
+    return build(spec, output_dir=out, progress=False).repository
+
+
+def runner_parameter(folder: Path, key: str, default: str) -> str:
+    from tritonfleet.clients.model_config import parse_pbtxt
+
+    config = parse_pbtxt((folder / "config.pbtxt").read_text())
+    return config.parameters[key].string_value if key in config.parameters else default
+
+
 def breakdown(url: str, metrics_url: str, model: str, x: np.ndarray, batch: int, window: float) -> dict:
     from tritonfleet.clients.loadgen import LoadConfig, run_load
 
@@ -152,23 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline_runner is not None and not args.baseline_runner.is_file():
         parser.error(f"--baseline-runner: file not found: {args.baseline_runner}")
 
-    from tritonfleet.builder.build import build
-    from tritonfleet.builder.spec import load_spec, with_overrides
     from tritonfleet.clients.server import TritonServer
-    from tritonfleet.examples.digits.train import ensure_trained
-    from tritonfleet.examples.workdir import artifacts
 
-    if args.from_repository is None:
-        ensure_trained(artifacts(ROOT), progress=False)
     models, batches = args.models.split(","), [int(b) for b in args.batch_sizes.split(",")]
-    spec = with_overrides(load_spec(SPEC_DIR / "digits.yaml"), {
-        "serving": {"max_batch_size": max(64, *batches), "dynamic_batching": {"enabled": False}},
-        "precision": {"variants": ["fp32"]}})
-    if args.from_repository is not None:
-        repo = args.from_repository.resolve()
-    else:
-        out = args.output or Path(tempfile.mkdtemp(prefix="tritonfleet-runner-cost-")) / "model_repository"
-        repo = build(spec, output_dir=out, progress=False).repository
+    repo = args.from_repository.resolve() if args.from_repository is not None else build_digits(args, batches)
     served = Path(tempfile.mkdtemp(prefix="tritonfleet-runner-cost-served-"))
     for m in models:  # only what is measured: the model, its timed copy and the baseline copy
         variant_folder(repo, served, m, m)
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline_runner is not None:
             variant_folder(repo, served, m, f"{m}_before", runner=args.baseline_runner)
     x = labelled(repo, "test")[0][0]  # the test split the build recorded
-    threads = max(1, spec.serving.onnxruntime_threads)
+    threads = max(1, int(runner_parameter(served / models[0], "intra_op_threads", "1")))
 
     raw = {"machine": machine(), "models": models, "batches": batches, "breakdown": [], "before_vs_now": []}
     with TritonServer(served) as server:

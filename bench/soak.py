@@ -23,7 +23,7 @@ import signal
 import sys
 from pathlib import Path
 
-from common import ROOT, SPEC_DIR, bench_parser, headline, machine, markdown_table, publish, today
+from common import ROOT, bench_parser, headline, labelled, machine, markdown_table, publish, today
 
 RELIABILITY = ROOT / "docs" / "RELIABILITY.md"
 KILLED = "cnn_small_b"
@@ -111,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--smoke runs are not recorded")
     total = args.requests or (1_500 if args.smoke else 100_000)
 
-    from tritonfleet.builder.spec import load_spec
-    from tritonfleet.builder.spec.splits import load_split
     from tritonfleet.clients.loadgen.soak import run_soak
     from tritonfleet.clients.server import TritonServer
 
@@ -122,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         repository = build_examples(ROOT, ["digits"], output_dir=args.output, progress=False)["digits"].repository
     else:
         repository = args.repository
-    x = load_split(load_spec(SPEC_DIR / "digits.yaml"), "test").inputs[0]
+    x = labelled(repository)[0][0]  # the test split the build recorded
     supervised = args.kill_stub_at is not None
     with TritonServer(repository, model_control_mode="explicit" if supervised else "none",
                       supervise=supervised) as server:

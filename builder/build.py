@@ -740,16 +740,21 @@ def build(
                 "and build again."
             ) from None
     members = state.members
-    failed = [FailedVariant(step.member.name, step.precision, variant_name(step.member, step.precision),
-                            result.message.strip(), step.precision in spec.precision.optional,
-                            "engine" if isinstance(step, Engine) else "onnx")
-              for step, result in zip(steps, results)
-              if isinstance(step, (LowerPrecision, Engine, Compile)) and result.status is Status.FAIL]
+    failed = failed_variants(steps, results, spec.precision.optional)
     return BuildResult(repo, spec.name, target, state.plans,
                        {n: b.parity for n, b in members.items()}, {n: b.stats for n, b in members.items()},
                        {n: b.selection for n, b in members.items() if b.selection}, state.fitted, results, removed,
                        writer.actions, recovered, failed, ArtifactFormat(spec.formats.serve), notes=writer.notes,
                        candidates=writer.pinned)
+
+
+def failed_variants(steps: list[BuildStep], results: list[StepResult], optional: list[str]) -> list[FailedVariant]:
+    """The requested variants (lower precisions, engines, compiled variants) whose step failed."""
+    return [FailedVariant(step.member.name, step.precision, variant_name(step.member, step.precision),
+                          result.message.strip(), step.precision in optional,
+                          "engine" if isinstance(step, Engine) else "onnx")
+            for step, result in zip(steps, results)
+            if isinstance(step, (LowerPrecision, Engine, Compile)) and result.status is Status.FAIL]
 
 
 def plan_steps(state: BuildState, manifest: dict[str, Any], writer: RepositoryWriter) -> list[BuildStep]:
@@ -758,21 +763,7 @@ def plan_steps(state: BuildState, manifest: dict[str, Any], writer: RepositoryWr
     engines = _engine_plan(spec, state.target)
     steps: list[BuildStep] = []
     for _, m in _models(spec):
-        precisions = spec.precisions_of(m)
-        records = {} if spec.tensorrt.engines else {
-            p: r for p in precisions if (r := reusable_record(manifest, writer.repo, m, p, state.keys.key(m, p)))}
-        if len(records) == len(precisions):
-            steps.append(ReuseMember(m, records))
-            steps += torch_steps(spec, m)
-            continue
-        steps.append(Export(m, records.get("fp32")))
-        for precision in precisions[1:]:
-            steps.append(ReuseVariant(m, precision, records[precision]) if precision in records
-                         else LowerPrecision(m, precision))
-        steps.append(Measure(m))
-        steps += torch_steps(spec, m)
-        if engines is True:
-            steps += [Engine(m, precision) for precision in precisions]
+        steps += model_steps(state, m, manifest, writer, engines)
     if isinstance(engines, str):
         steps.append(Skip("tensorrt engines", engines))
     if spec.formats.torchscript and any("int8" in spec.precisions_of(m) for _, m in _models(spec)):
@@ -786,6 +777,25 @@ def plan_steps(state: BuildState, manifest: dict[str, Any], writer: RepositoryWr
         steps.append(Profile())
     steps += compile_steps(state, manifest, writer, engines)
     steps.append(Write(writer))
+    return steps
+
+
+def model_steps(state: BuildState, m: MemberSpec, manifest: dict[str, Any], writer: RepositoryWriter,
+                engines: bool | str | None) -> list[BuildStep]:
+    """One model's steps: every variant reused when unchanged, else export (or reuse fp32), lower
+    precisions (or reuse them), measure; then its TorchScript variants and TensorRT engines."""
+    spec = state.spec
+    precisions = spec.precisions_of(m)
+    records = {} if spec.tensorrt.engines else {
+        p: r for p in precisions if (r := reusable_record(manifest, writer.repo, m, p, state.keys.key(m, p)))}
+    if len(records) == len(precisions):
+        return [ReuseMember(m, records), *torch_steps(spec, m)]
+    steps: list[BuildStep] = [Export(m, records.get("fp32"))]
+    steps += [ReuseVariant(m, p, records[p]) if p in records else LowerPrecision(m, p) for p in precisions[1:]]
+    steps.append(Measure(m))
+    steps += torch_steps(spec, m)
+    if engines is True:
+        steps += [Engine(m, p) for p in precisions]
     return steps
 
 

@@ -179,7 +179,9 @@ def test_backend_overhead_smoke_runs_without_dynamic_batching(artifacts, tmp_pat
     for row in rows:
         kept = check_rounds(row["rounds"], ["in_process", "served"], 2)
         values = row["rounds"]["rounds"]
-        assert row["requests_per_execution"] == [1.0, 1.0]  # Triton ran each request alone: the batch asked for
+        # Triton ran each request alone (the batch asked for); one snapshot of its statistics may catch a
+        # request counted and its execution not yet (or the reverse), a skew of one in ~1,000
+        assert row["requests_per_execution"] == [pytest.approx(1.0, abs=0.005)] * 2
         check_ratio(row["ratio"], [values[i]["served"]["value"] / values[i]["in_process"]["value"] for i in kept])
     assert "dynamic batching off" in out
 

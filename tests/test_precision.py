@@ -144,7 +144,8 @@ def _spec_with_data(spec_factory, digits_data, tmp_path, **arrays):
     np.savez(tmp_path / "data.npz", **data)
     return spec_factory(data={"path": str(tmp_path / "data.npz"), "test": {"inputs": "x_test", "labels": "y_test"},
                               "validation": {"inputs": "x_val", "labels": "y_val"},
-                              "calibration": {"inputs": "x_calib"}})
+                              "calibration": {"inputs": "x_calib"}},
+                        distillation=None)  # digits.yaml's student trains on data.train, which this data lacks
 
 
 @pytest.mark.parametrize(
@@ -175,7 +176,7 @@ def test_precision_spec_errors(spec_factory):
     with pytest.raises(SpecError, match="precision.serve is int8 but member 'cnn_small_a' builds only fp32, fp16"):
         load_spec(spec_factory(precision={"variants": ["fp32", "fp16"], "serve": "int8"}))
     with pytest.raises(SpecError, match="int8 variants need calibration samples"):
-        load_spec(spec_factory(data=None))
+        load_spec(spec_factory(data=None, distillation=None))
 
 
 def test_cli_rejects_an_unknown_precision(spec_factory):

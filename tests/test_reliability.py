@@ -364,7 +364,7 @@ def _catalogue(artifacts: Path, repo: Path, tmp: Path, digits: dict, perturbed: 
                                invalid + "members[0] (cnn_small_a).model.kwarg: unknown field; did you mean 'kwargs'? "
                                "allowed fields here: architecture, checkpoint, exported_program, kwargs, torchscript"),
         "duplicate-member": (spec(members=[spec()["members"][0]] * 2),
-                             invalid + "model name 'cnn_small_a' is used twice (members and baselines)"),
+                             invalid + "model name 'cnn_small_a' is used twice (members and baselines); give each its own name"),
         "name-with-separator": (spec(name="a/b"), invalid + "name: 'a/b' is not a valid name: use letters, digits, '_' "
                                 "and '-' (tensor names may also use '.'), starting with a letter"),
         "name-dot-dot": (member_edit(lambda m: m.update(name="..")), invalid + "members[0] (..).name: '..' is not a "
@@ -416,7 +416,8 @@ def _catalogue(artifacts: Path, repo: Path, tmp: Path, digits: dict, perturbed: 
         "calibration-empty": (data("calibration-empty", x_calib=np.zeros((0, 1, 8, 8), np.float32)),
                               "data.calibration.inputs: arrays must hold the same, non-zero number of samples (got [0])"),
         "data-with-nan": (data("data-with-nan", x_val=np.full((8, 1, 8, 8), np.nan, np.float32)),
-                          "data.validation.inputs 'x_val' holds NaN or inf values"),
+                          "data.validation.inputs 'x_val' holds NaN or inf values (first in sample 0); clean the data or drop "
+                          "those samples"),
         "labels-count-mismatch": (data("labels-count-mismatch", y_test=digits["y_test"][:5]),
                                   "data.test: 5 labels for 360 samples in {tmp}/labels-count-mismatch.npz"),
         "data-array-missing": (spec(data={"path": str(artifacts / "digits.npz"), "test": {"inputs": "x_tst"}}),

@@ -85,7 +85,7 @@ def test_every_problem_is_reported_at_once():
     "change, expected",
     [
         ({"name": "../etc"}, "name: '../etc' is not a valid name"),
-        ({"members": [_member("a"), _member("a")]}, "model name 'a' is used twice"),
+        ({"members": [_member("a"), _member("a")]}, "model name 'a' is used twice (members and baselines); give each its own name"),
         ({"members": [_member("p")]}, "model name 'p' clashes with the pipeline's own models"),
         ({"serving": {"max_batch_size": 0}}, "serving.max_batch_size: Input should be greater than or equal to 1"),
         ({"serving": {"max_batch_size": 8, "dynamic_batching": {"preferred_batch_sizes": [16]}}},

@@ -185,7 +185,7 @@ class PipelineSpec(_Strict):
         reserved = {self.name, self.fusion_model_name, self.compiled_model_name} - {None}
         for i, name in enumerate(names):
             if names.index(name) != i:
-                problems.append(f"model name '{name}' is used twice (members and baselines)")
+                problems.append(f"model name '{name}' is used twice (members and baselines); give each its own name")
             if name in reserved:
                 problems.append(f"model name '{name}' clashes with the pipeline's own models")
         for m in self.all_models:

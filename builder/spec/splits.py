@@ -96,7 +96,8 @@ def _check_input(array: np.ndarray, tensor: TensorSpec, where: str) -> np.ndarra
             raise SpecError(f"{where} has dtype {array.dtype}; input '{tensor.name}' takes {tensor.dtype}")
         array = array.astype(want)
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-        raise SpecError(f"{where} holds NaN or inf values")
+        bad = int(np.argmax(~np.isfinite(array).reshape(len(array), -1).all(axis=1)))
+        raise SpecError(f"{where} holds NaN or inf values (first in sample {bad}); clean the data or drop those samples")
     return array
 
 

@@ -25,28 +25,22 @@ from typing import Any
 from tritonfleet.builder.build import (
     BuildResult,
     BuildState,
-    Engine,
-    Export,
-    FailedVariant,
-    LowerPrecision,
-    Measure,
     MemberBuild,
     Planned,
-    ReuseMember,
-    ReuseVariant,
     Skip,
     _engine_plan,
-    torch_steps,
+    failed_variants,
+    model_steps,
 )
 from tritonfleet.builder.errors import RepositoryError
 from tritonfleet.builder.repository.journal import recover
 from tritonfleet.builder.repository.plan import ModelPlan, engine_config, member_config, torch_config, variant_name
 from tritonfleet.builder.repository.records import member_files, pipeline_record
-from tritonfleet.builder.repository.reuse import ArtifactKeys, reusable_record
+from tritonfleet.builder.repository.reuse import ArtifactKeys
 from tritonfleet.builder.repository.writer import RepositoryWriter
 from tritonfleet.builder.spec import MemberSpec, PipelineSpec, with_overrides
 from tritonfleet.builder.spec.splits import SPLITS, load_split, parity_probes
-from tritonfleet.builder.steps import BuildStep, Status, run_steps
+from tritonfleet.builder.steps import BuildStep, run_steps
 from tritonfleet.clients.manifest import read_manifest_dict
 from tritonfleet.clients.vocabulary import ArtifactFormat, ModelKind
 
@@ -107,22 +101,9 @@ def student_steps(state: BuildState, m: MemberSpec, manifest: dict[str, Any], wr
                   record: Mapping[str, Any]) -> list[BuildStep]:
     """The build's steps for one model (as :func:`tritonfleet.builder.build.plan_steps` makes them),
     then :class:`WriteStudent`."""
-    spec = state.spec
-    precisions = spec.precisions_of(m)
-    engines = _engine_plan(spec, state.target)
-    records = {} if spec.tensorrt.engines else {
-        p: r for p in precisions if (r := reusable_record(manifest, writer.repo, m, p, state.keys.key(m, p)))}
-    steps: list[BuildStep] = []
-    if len(records) == len(precisions):
-        steps.append(ReuseMember(m, records))
-    else:
-        steps.append(Export(m, records.get("fp32")))
-        steps += [ReuseVariant(m, p, records[p]) if p in records else LowerPrecision(m, p) for p in precisions[1:]]
-        steps.append(Measure(m))
-    steps += torch_steps(spec, m)
-    if engines is True:
-        steps += [Engine(m, p) for p in precisions]
-    elif isinstance(engines, str):
+    engines = _engine_plan(state.spec, state.target)
+    steps = model_steps(state, m, manifest, writer, engines)
+    if isinstance(engines, str):
         steps.append(Skip("tensorrt engines", engines))
     steps.append(WriteStudent(writer, m, record))
     return steps
@@ -157,9 +138,6 @@ def build_student(spec: PipelineSpec, checkpoint: Path, repository: Path, target
                 "and distil again."
             ) from None
     build = state.members[m.name]
-    failed = [FailedVariant(m.name, step.precision, variant_name(m, step.precision), result.message.strip(),
-                            step.precision in derived.precision.optional, "engine" if isinstance(step, Engine) else "onnx")
-              for step, result in zip(steps, results)
-              if isinstance(step, (LowerPrecision, Engine)) and result.status is Status.FAIL]
+    failed = failed_variants(steps, results, derived.precision.optional)
     return BuildResult(repo, owner, target, state.plans, {m.name: build.parity}, {m.name: build.stats}, {}, {},
                        results, removed, writer.actions, None, failed, ArtifactFormat(derived.formats.serve))
