@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tritonfleet.clients.errors import UsageError
+from tritonfleet.clients.evaluation.replicates import difference_interval
 
 
 def _paired(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -66,24 +67,11 @@ def mcnemar_exact(correct_first, correct_second) -> McNemar:
 
 def paired_bootstrap_ci(correct_first, correct_second, *, confidence: float = 0.95, resamples: int = 2000,
                         seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``accuracy(second) - accuracy(first)``, in points."""
-    if not 0 < confidence < 1:
-        raise UsageError(f"confidence must be in (0, 1), got {confidence}")
-    if resamples < 1:
-        raise UsageError(f"resamples must be >= 1, got {resamples}")
+    """Percentile bootstrap interval of ``accuracy(second) - accuracy(first)``, in points (the samples
+    resampled together: one replicate per side of :func:`.replicates.difference_interval`)."""
     a, b = _paired(correct_first, correct_second)
-    diff = b.astype(np.int8) - a.astype(np.int8)  # -1, 0, +1 per sample
-    n = diff.size
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    chunk = max(1, (1 << 22) // n)  # bound the index matrix at ~4M entries
-    for start in range(0, resamples, chunk):
-        stop = min(resamples, start + chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = diff[idx].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(low * 100.0), float(high * 100.0)
+    interval = difference_interval(b, a, confidence=confidence, resamples=resamples, seed=seed)
+    return interval.low, interval.high
 
 
 @dataclass(frozen=True)
