@@ -29,6 +29,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "loadgen_vs_pa": ("own load generator ÷ perf_analyzer", "loadgen_vs_perf_analyzer.py"),
     "small_vs_large": ("small ensembles vs one large model", "small_vs_large.py"),
     "cascade": ("cascade: escalation, accuracy and throughput per threshold", "cascade_tradeoff.py"),
+    "monitoring_cost": ("what monitoring costs the `digits` ensemble", "monitoring_cost.py"),
     "distill": ("distillation: a student vs its ensemble", "distill.py"),
     "soak": ("soak: failures and memory over a long run", "soak.py"),
     "soak_fault": ("soak with a stub killed mid-run", "soak.py --kill-stub-at 0.5 --requests 20000"),

@@ -1,0 +1,135 @@
+"""What monitoring costs the `digits` ensemble: the same pipeline with and without it, side by side.
+
+    python bench/monitoring_cost.py [--record]
+    python bench/monitoring_cost.py --smoke --url HOST:PORT --repository REPO   # a test's server
+
+Three ensembles over the same three member models, in one repository on one server:
+``digits`` (``monitoring`` on: the fusion step counts classes, confidence bins and member
+disagreement, and reads the pipeline inputs for their per-sample summaries),
+``digits_monitor_outputs`` (``monitoring: {inputs: false}``: the counters without the input
+summaries, so the fusion step gets no copy of the inputs) and ``digits_unmonitored``
+(``monitoring: {enabled: false}``). Throughput at ``--concurrency`` through the load generator
+in ABBA rounds (every round measures every side; a round in which one side never met
+perf_analyzer's stability rule is excluded for all), per batch size; the ratios are monitored ÷
+unmonitored, median of the kept rounds with their range. The fusion step's compute time per
+request comes from Triton's statistics of the same runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from common import (
+    ROOT,
+    SPEC_DIR,
+    Sample,
+    add_server_args,
+    bench_parser,
+    check_server_args,
+    fmt_ratio,
+    headline,
+    labelled,
+    machine,
+    markdown_table,
+    publish,
+    run_abba,
+    serving,
+    today,
+)
+
+SIDES = {"digits": {}, "digits_monitor_outputs": {"monitoring": {"inputs": False}},
+         "digits_unmonitored": {"monitoring": {"enabled": False}}}
+BASE = "digits_unmonitored"
+
+
+def parse(argv):
+    parser = bench_parser(__doc__)
+    add_server_args(parser)
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=4, help="ABBA rounds; each measures every side once")
+    parser.add_argument("--window", type=float, default=2.0, help="seconds per measurement window")
+    parser.add_argument("--max-windows", type=int, default=8)
+    parser.add_argument("--smoke", action="store_true", help="batch 1, 2 rounds of 0.2 s windows")
+    args = parser.parse_args(argv)
+    check_server_args(parser, args)
+    if args.smoke:
+        args.batch_sizes, args.rounds, args.window, args.max_windows = "1", 2, 0.2, 4
+    if args.rounds < 2 or args.concurrency < 1 or args.window <= 0 or args.max_windows < 3:
+        parser.error("--rounds >= 2, --concurrency >= 1, --window > 0 and --max-windows >= 3")
+    return args
+
+
+def build_sides(output: Path | None) -> Path:
+    """digits (as committed, without its compiled model) and the two variants, into one repository."""
+    from tritonfleet.builder.build import build
+    from tritonfleet.builder.spec import load_spec, with_overrides
+    from tritonfleet.examples.workdir import build_examples
+
+    repository = build_examples(ROOT, ["digits"], output_dir=output, progress=False)["digits"].repository
+    base = load_spec(SPEC_DIR / "digits.yaml")
+    for name, changes in SIDES.items():
+        if changes:
+            build(with_overrides(base, {"name": name, "serving": {"compile": False}, "distillation": None, **changes}),
+                  output_dir=repository, progress=False)
+    return repository
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+
+    from tritonfleet.clients.loadgen import LoadConfig, run_load
+
+    repository = args.repository if args.url else build_sides(args.output)
+    missing = [s for s in SIDES if not (repository / s / "config.pbtxt").is_file()]
+    if missing:
+        raise SystemExit(f"{repository} has no {', '.join(missing)}: run without --url to build them")
+    x = labelled(repository)[0][0]
+    rows, raw, found = [], [], []
+    with serving(repository, args.url) as url:
+        for b in (int(v) for v in args.batch_sizes.split(",")):
+            def measure(side: str, _round: int, b=b) -> Sample:
+                r = run_load(url, LoadConfig(side, concurrency=args.concurrency, batch_size=b,
+                                             warmup_s=min(1.0, args.window), window_s=args.window,
+                                             max_windows=args.max_windows), [x])
+                fusion = r.server.get(f"{side}_fusion")
+                return Sample(r.infer_per_s, r.stable and r.errors == 0,
+                              {"errors": r.errors, "p99_ms": r.latency_ms.get("p99"),
+                               "fusion_compute_us": fusion.compute_us if fusion else None})
+
+            run = run_abba(measure, list(SIDES), args.rounds)
+            ratios = {s: run.ratio(s, BASE) for s in SIDES if s != BASE}
+            fusion_us = {s: _median([run.rounds[i][s].extra["fusion_compute_us"] for i in run.kept()]) for s in SIDES}
+            raw.append({"batch": b, "ratios": ratios, "fusion_compute_us": fusion_us, "rounds": run.to_dict()})
+            found.append((b, ratios))
+            rows.append([b, *(_num(run.values(s)) for s in SIDES), *(fmt_ratio(ratios[s], suffix="x") for s in ratios),
+                         *(_num([fusion_us[s]]) for s in SIDES), run.kept_text()])
+    header = ["batch", *(f"`{s}` infer/s" for s in SIDES), *(f"`{s}` ÷ unmonitored" for s in SIDES if s != BASE),
+              *(f"`{s}` fusion step µs/request" for s in SIDES), "rounds kept"]
+    text = (f"{machine()}; local target, the three ensembles share their member models; concurrency "
+            f"{args.concurrency}, load generator, {args.rounds} ABBA rounds, {args.window:g} s windows until stable "
+            f"(at most {args.max_windows}); {today()}\n\n{markdown_table(header, rows)}\n\n"
+            "Infer/s and fusion-step times are medians of the kept rounds; a round in which any side never met the "
+            "stability rule (last 3 windows, max/min <= 1.1) is excluded for every side.")
+    headlines = [headline(f"monitoring cost, `digits` ÷ unmonitored, batch {b}",
+                          f"with input summaries {fmt_ratio(r['digits'], suffix='×')}; counters only "
+                          f"{fmt_ratio(r['digits_monitor_outputs'], suffix='×')}", "-", "measured")
+                 for b, r in found]
+    publish(__file__, text, raw, args, argv, "monitoring_cost", "What monitoring costs the digits ensemble", headlines)
+    return 0
+
+
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.median(values)) if values else None
+
+
+def _num(values) -> str:
+    values = [v for v in values if v is not None]
+    return f"{np.median(values):,.0f}" if values else "-"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
