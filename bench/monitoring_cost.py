@@ -1,17 +1,19 @@
 """What monitoring costs the `digits` ensemble: the same pipeline with and without it, side by side.
 
     python bench/monitoring_cost.py [--record]
-    python bench/monitoring_cost.py --smoke --url HOST:PORT --repository REPO   # a test's server
+    python bench/monitoring_cost.py --smoke --output DIR   # fp32 sides, 2 short rounds (the test)
 
-Three ensembles over the same three member models, in one repository on one server:
+Four ensembles over the same three member models, in one repository on one server:
 ``digits`` (``monitoring`` on: the fusion step counts classes, confidence bins and member
-disagreement, and reads the pipeline inputs for their per-sample summaries),
-``digits_monitor_outputs`` (``monitoring: {inputs: false}``: the counters without the input
-summaries, so the fusion step gets no copy of the inputs) and ``digits_unmonitored``
-(``monitoring: {enabled: false}``). Throughput at ``--concurrency`` through the load generator
-in ABBA rounds (every round measures every side; a round in which one side never met
-perf_analyzer's stability rule is excluded for all), per batch size; the ratios are monitored ÷
-unmonitored, median of the kept rounds with their range. The fusion step's compute time per
+disagreement, and reads the pipeline inputs for their per-sample summaries; counts reach Triton
+every ``flush_s``), ``digits_immediate`` (the same with ``flush_s: 0``: one metric call per
+changed series on every request, each a stub-to-server round trip), ``digits_monitor_outputs``
+(``monitoring: {inputs: false}``: the counters without the input summaries, so the fusion step
+gets no copy of the inputs) and ``digits_unmonitored`` (``monitoring: {enabled: false}``).
+Throughput at ``--concurrency`` through the load generator in ABBA rounds (every round measures
+every side; a round in which one side never met perf_analyzer's stability rule is excluded for
+all), per batch size; the ratios are monitored ÷ unmonitored, and ``digits`` ÷ ``digits_immediate``
+(what handing counts over every ``flush_s`` saves), median of the kept rounds with their range. The fusion step's compute time per
 request comes from Triton's statistics of the same runs.
 """
 
@@ -29,6 +31,7 @@ from common import (
     bench_parser,
     check_server_args,
     fmt_ratio,
+    goal_verdict,
     headline,
     labelled,
     machine,
@@ -39,7 +42,8 @@ from common import (
     today,
 )
 
-SIDES = {"digits": {}, "digits_monitor_outputs": {"monitoring": {"inputs": False}},
+SIDES = {"digits": {}, "digits_immediate": {"monitoring": {"flush_s": 0}},
+         "digits_monitor_outputs": {"monitoring": {"inputs": False}},
          "digits_unmonitored": {"monitoring": {"enabled": False}}}
 BASE = "digits_unmonitored"
 
@@ -62,18 +66,25 @@ def parse(argv):
     return args
 
 
-def build_sides(output: Path | None) -> Path:
-    """digits (as committed, without its compiled model) and the two variants, into one repository."""
+def build_sides(output: Path | None, smoke: bool = False) -> Path:
+    """The four sides into one repository: digits as committed (without its compiled model and
+    student) and its variants; with ``smoke``, every side fp32 only and built from digits.yaml."""
     from tritonfleet.builder.build import build
     from tritonfleet.builder.spec import load_spec, with_overrides
-    from tritonfleet.examples.workdir import build_examples
+    from tritonfleet.examples.digits.train import ensure_trained
+    from tritonfleet.examples.workdir import artifacts, build_examples
 
-    repository = build_examples(ROOT, ["digits"], output_dir=output, progress=False)["digits"].repository
+    repository, sides, extra = output, dict(SIDES), {"precision": {"variants": ["fp32"]}}
+    if smoke:
+        ensure_trained(artifacts(ROOT, "digits"), progress=False)
+    else:
+        repository = build_examples(ROOT, ["digits"], output_dir=output, progress=False)["digits"].repository
+        sides, extra = {s: c for s, c in SIDES.items() if c}, {}
     base = load_spec(SPEC_DIR / "digits.yaml")
-    for name, changes in SIDES.items():
-        if changes:
-            build(with_overrides(base, {"name": name, "serving": {"compile": False}, "distillation": None, **changes}),
-                  output_dir=repository, progress=False)
+    for name, changes in sides.items():
+        spec = with_overrides(base, {"name": name, "serving": {"compile": False}, "distillation": None,
+                                     **extra, **changes})
+        repository = build(spec, output_dir=repository, progress=False).repository
     return repository
 
 
@@ -82,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tritonfleet.clients.loadgen import LoadConfig, run_load
 
-    repository = args.repository if args.url else build_sides(args.output)
+    repository = args.repository if args.url else build_sides(args.output, args.smoke)
     missing = [s for s in SIDES if not (repository / s / "config.pbtxt").is_file()]
     if missing:
         raise SystemExit(f"{repository} has no {', '.join(missing)}: run without --url to build them")
@@ -101,12 +112,14 @@ def main(argv: list[str] | None = None) -> int:
 
             run = run_abba(measure, list(SIDES), args.rounds)
             ratios = {s: run.ratio(s, BASE) for s in SIDES if s != BASE}
+            ratios["flush"] = run.ratio("digits", "digits_immediate")
             fusion_us = {s: _median([run.rounds[i][s].extra["fusion_compute_us"] for i in run.kept()]) for s in SIDES}
             raw.append({"batch": b, "ratios": ratios, "fusion_compute_us": fusion_us, "rounds": run.to_dict()})
             found.append((b, ratios))
             rows.append([b, *(_num(run.values(s)) for s in SIDES), *(fmt_ratio(ratios[s], suffix="x") for s in ratios),
                          *(_num([fusion_us[s]]) for s in SIDES), run.kept_text()])
     header = ["batch", *(f"`{s}` infer/s" for s in SIDES), *(f"`{s}` ÷ unmonitored" for s in SIDES if s != BASE),
+              "`digits` ÷ `digits_immediate`",
               *(f"`{s}` fusion step µs/request" for s in SIDES), "rounds kept"]
     text = (f"{machine()}; local target, the three ensembles share their member models; concurrency "
             f"{args.concurrency}, load generator, {args.rounds} ABBA rounds, {args.window:g} s windows until stable "
@@ -115,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             "stability rule (last 3 windows, max/min <= 1.1) is excluded for every side.")
     headlines = [headline(f"monitoring cost, `digits` ÷ unmonitored, batch {b}",
                           f"with input summaries {fmt_ratio(r['digits'], suffix='×')}; counters only "
-                          f"{fmt_ratio(r['digits_monitor_outputs'], suffix='×')}", "-", "measured")
+                          f"{fmt_ratio(r['digits_monitor_outputs'], suffix='×')}; metric calls on every "
+                          f"request {fmt_ratio(r['digits_immediate'], suffix='×')}", "-", "measured")
                  for b, r in found]
+    headlines += [headline(f"monitoring counts handed to Triton every flush_s ÷ on every request, batch {b}",
+                           fmt_ratio(r["flush"], suffix="×"), ">= 1×", goal_verdict(r["flush"], 1.0)) for b, r in found]
     publish(__file__, text, raw, args, argv, "monitoring_cost", "What monitoring costs the digits ensemble", headlines)
     return 0
 

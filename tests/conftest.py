@@ -10,6 +10,7 @@ fails, the server log's tail is attached to the report.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,25 @@ def digits_spec_dict(artifacts: Path, output_dir: Path) -> dict:
     raw["data"]["path"] = str(artifacts / "digits.npz")
     raw["output_dir"] = str(output_dir)
     return raw
+
+
+def settled_metrics(url: str, flush_s: float = 0.5, timeout: float = 30.0):
+    """A scrape of Triton's metrics once the pipeline models' counters are settled. Pipeline models
+    hand their counts to Triton every ``monitoring.flush_s`` seconds, so two scrapes more than that
+    apart that agree on every ``tritonfleet_`` series mean no count is still waiting (with no traffic)."""
+    from tritonfleet.clients.metrics import scrape
+
+    def ours(snapshot):
+        return {name: samples for name, samples in snapshot.samples.items() if name.startswith("tritonfleet_")}
+
+    deadline = time.monotonic() + timeout
+    last = scrape(url)
+    while True:
+        time.sleep(flush_s + 0.3)
+        now = scrape(url)
+        if ours(now) == ours(last) or time.monotonic() > deadline:
+            return now
+        last = now
 
 
 def write_spec(path: Path, raw: dict) -> Path:

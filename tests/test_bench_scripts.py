@@ -280,3 +280,25 @@ def test_runner_cost_smoke(triton, tmp_path, capsys):
         check_ratio(row["ratio"], [values[i]["cnn_small_a"]["value"] / values[i]["cnn_small_a_before"]["value"]
                                    for i in kept])
     assert "| cnn_small_a | 4 |" in out and "IPC + stub loop" in out
+
+
+def test_monitoring_cost_smoke(tmp_path, capsys):
+    """bench/monitoring_cost.py builds its four sides (fp32) into one repository, measures them in
+    ABBA rounds on one server and derives every ratio from the kept rounds."""
+    argv = ["--smoke", "--output", tmp_path / "model_repository", "--json", tmp_path / "monitoring_cost.json"]
+    data, out = run_script("monitoring_cost", argv, capsys)
+    sides = ["digits", "digits_immediate", "digits_monitor_outputs", "digits_unmonitored"]
+    for side, flush_s in (("digits", 0.5), ("digits_immediate", 0.0)):
+        config = (tmp_path / "model_repository" / f"{side}_fusion" / "config.pbtxt").read_text()
+        assert f'\\"flush_s\\": {flush_s}' in config, config
+    assert "flush_s" not in (tmp_path / "model_repository" / "digits_unmonitored_fusion" / "config.pbtxt").read_text()
+    (row,) = data
+    assert row["batch"] == 1
+    kept = check_rounds(row["rounds"], sides, 2)
+    values = row["rounds"]["rounds"]
+    for side in sides[:-1]:
+        check_ratio(row["ratios"][side], [values[i][side]["value"] / values[i]["digits_unmonitored"]["value"]
+                                          for i in kept])
+    check_ratio(row["ratios"]["flush"], [values[i]["digits"]["value"] / values[i]["digits_immediate"]["value"]
+                                         for i in kept])
+    assert "| 1 |" in out and "`digits` ÷ `digits_immediate`" in out

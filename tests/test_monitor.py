@@ -32,7 +32,7 @@ from tritonfleet.clients.evaluation.monitor import Thresholds, dashboard, live_a
 from tritonfleet.clients.manifest import Manifest
 from tritonfleet.clients.metrics import Snapshot, scrape
 
-from conftest import digits_spec_dict, write_spec
+from conftest import digits_spec_dict, settled_metrics, write_spec
 
 
 # ---------------------------------------------------------------------------- drift math
@@ -74,8 +74,8 @@ def test_bins_hold_the_upper_edge_and_nan_goes_last():
     assert s["mean"].tolist() == [0.5, 2.0] and s["std"].tolist() == [0.5, 0.0]
 
 
-def _config(profile=None, classes=3):
-    return mon.runtime_config("p", classes, {"x": "monitor_x"}, profile)
+def _config(profile=None, classes=3, flush_s=mon.DEFAULT_FLUSH_S):
+    return mon.runtime_config("p", classes, {"x": "monitor_x"}, profile, flush_s=flush_s)
 
 
 def test_increments_of_a_known_batch():
@@ -154,7 +154,7 @@ def test_pipeline_metrics_create_every_series_and_count_a_batch_with_few_calls(t
                "confidence": {"edges": [0.6, 0.9], "fractions": [0.2, 0.3, 0.5]},
                "inputs": {"x": {"mean": {"edges": [1.0], "fractions": [0.4, 0.6]},
                                 "std": {"edges": [1.0], "fractions": [1.0, 0.0]}}}}
-    metrics = mon.PipelineMetrics(FakeMetricsAPI, _config(profile, classes=2), reasons=("fusion", "member"))
+    metrics = mon.PipelineMetrics(FakeMetricsAPI, _config(profile, classes=2, flush_s=0), reasons=("fusion", "member"))
     created = FakeMetricsAPI.MetricFamily.created
     names = {name for name, _ in created}
     assert names == set(mon.FAMILIES)
@@ -184,6 +184,45 @@ def test_pipeline_metrics_create_every_series_and_count_a_batch_with_few_calls(t
     assert created[("tritonfleet_request_errors_total", (("pipeline", "p"), ("reason", "member")))] == 2
     log = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert log == [{"id": "a", "classes": [0]}, {"id": "b", "classes": [0] * 5}, {"id": "", "classes": [1, 1]}]
+
+
+def test_counts_wait_in_the_model_and_reach_triton_in_one_call_per_series():
+    """flush_s > 0: no metric call while requests are answered (each is a stub-to-server round trip);
+    a flush hands over the sums, one call per changed series, the requests counter last."""
+    FakeMetricsAPI.MetricFamily.created, FakeMetricsAPI.MetricFamily.calls = {}, []
+    metrics = mon.PipelineMetrics(FakeMetricsAPI, _config(None, classes=2, flush_s=3600), reasons=("member",))
+    calls, created = FakeMetricsAPI.MetricFamily.calls, FakeMetricsAPI.MetricFamily.created
+    probs = np.array([[0.95, 0.05], [0.3, 0.7]])
+    for _ in range(5):
+        metrics.answered(probs, {}, requests=2)
+    metrics.error("member", 3)
+    assert calls == [] and created[("tritonfleet_requests_total", (("pipeline", "p"),))] == 0
+    metrics.flush()
+    assert calls[-1] == ("tritonfleet_requests_total", (("pipeline", "p"),), 10)   # last: a scrape showing N
+    assert len(calls) == 1 + 2 + 2 + 1                    # requests, 2 classes, 2 confidence bins, the error
+    assert created[("tritonfleet_predictions_total", (("class", "1"), ("pipeline", "p")))] == 5
+    assert created[("tritonfleet_request_errors_total", (("pipeline", "p"), ("reason", "member")))] == 3
+    metrics.flush()
+    assert len(calls) == 6                                # nothing new, nothing sent
+    metrics.close()
+
+
+def test_the_background_thread_hands_counts_over_and_close_hands_over_the_rest():
+    FakeMetricsAPI.MetricFamily.created, FakeMetricsAPI.MetricFamily.calls = {}, []
+    metrics = mon.PipelineMetrics(FakeMetricsAPI, _config(None, classes=2, flush_s=0.05))
+    created = FakeMetricsAPI.MetricFamily.created
+    requests = ("tritonfleet_requests_total", (("pipeline", "p"),))
+    metrics.answered(np.array([[0.9, 0.1]]), {})
+    deadline = time.monotonic() + 10
+    while created[requests] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert created[requests] == 1
+    metrics._stop.set()
+    metrics._thread.join()                                # the thread stopped: only close() can hand counts over
+    metrics.answered(np.array([[0.9, 0.1]]), {}, requests=4)
+    assert created[requests] == 1
+    metrics.close()
+    assert created[requests] == 5 and not metrics._thread.is_alive()
 
 
 def test_live_accuracy_by_id_and_by_order(tmp_path):
@@ -403,6 +442,7 @@ def test_dashboard_numbers_match_a_known_traffic_pattern(watched, digits_data, t
         client.close()
     predicted = np.concatenate(predicted)
     (tmp_path / "labels.json").write_text(json.dumps(labels))
+    settled_metrics(server.url("metrics"))                 # every count handed to Triton (monitoring.flush_s)
     result = _monitor_json(repository, server, "--labels", str(tmp_path / "labels.json"), "--prediction-log", str(log))
 
     pipe = result["pipelines"][MONITORED]
@@ -449,12 +489,12 @@ def test_noisy_digits_raise_the_drift_alerts_clean_ones_do_not(watched, digits_d
     noisy = make_splits(noise=0.5)["x_test"]                  # bench/small_vs_large.py's noisy digits (σ = 0.5)
     thresholds = Thresholds()
     client = grpcclient.InferenceServerClient(server.url("grpc"))
-    snapshots = [scrape(server.url("metrics"))]
+    snapshots = [settled_metrics(server.url("metrics"))]
     try:
         for x in (clean, noisy):
             for start in range(0, len(x), 8):
                 _infer(client, x[start:start + 8])
-            snapshots.append(scrape(server.url("metrics")))
+            snapshots.append(settled_metrics(server.url("metrics")))
     finally:
         client.close()
     views = [dashboard(manifest, now, previous=before, base=before, thresholds=thresholds)
@@ -534,7 +574,7 @@ def test_bls_pipelines_count_their_answers(triton, digits_data):
     import tritonclient.grpc as grpcclient
 
     x = digits_data["x_test"][:24]
-    before = scrape(triton.url("metrics"))
+    before = settled_metrics(triton.url("metrics"))
     client = grpcclient.InferenceServerClient(triton.url("grpc"))
     answers = {}
     try:
@@ -547,7 +587,7 @@ def test_bls_pipelines_count_their_answers(triton, digits_data):
             answers[name] = np.concatenate(got)
     finally:
         client.close()
-    after = scrape(triton.url("metrics"))
+    after = settled_metrics(triton.url("metrics"))
     from tritonfleet.clients.evaluation.monitor import Window
 
     window = Window(after, before)

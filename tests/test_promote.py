@@ -34,7 +34,7 @@ from tritonfleet.clients.evaluation.stats import (
     paired_bootstrap_ci,
 )
 
-from conftest import digits_spec_dict
+from conftest import digits_spec_dict, settled_metrics
 
 
 # --------------------------------------------------------------------------- statistics
@@ -373,6 +373,7 @@ def test_shadow_evidence_from_a_live_route(repository, triton, digits_data):
     assert [(r.pipeline, r.role, r.candidate["model"]) for r in routes] == [("digits_route", "current", "cnn_small_c")]
 
     def read():
+        settled_metrics(triton.url("metrics"))  # the route hands its counts to Triton every monitoring.flush_s
         (found,) = evidence(routes, "cnn_small_b", 1, 2, scrape(triton.url("metrics")))
         assert not found.matches  # the route compares two models, not two versions of cnn_small_b
         return found

@@ -273,7 +273,7 @@ def monitor_config(spec: PipelineSpec, profile: Mapping[str, Any] | None) -> dic
     watched = sorted((profile or {}).get("inputs") or {})
     prefix = MONITOR_PREFIX if spec.fusion_kind == "classification" else ""
     return {"pipeline": spec.name, "classes": spec.num_classes, "inputs": {n: f"{prefix}{n}" for n in watched},
-            "profile": profile}
+            "profile": profile, "flush_s": spec.monitoring.flush_s}
 
 
 # --------------------------------------------------------------------------- input guard
@@ -297,7 +297,8 @@ def guard_config(spec: PipelineSpec) -> ModelConfig | None:
         dynamic_batching=_batching(spec), parameters={
             "input_checks": json.dumps(checks, sort_keys=True),
             # the guard counts the requests it refuses (tritonfleet_request_errors_total{reason="input"})
-            **({"monitor": json.dumps({"pipeline": spec.name})} if publishes_metrics(spec) else {})},
+            **({"monitor": json.dumps({"pipeline": spec.name, "flush_s": spec.monitoring.flush_s}, sort_keys=True)}
+               if publishes_metrics(spec) else {})},
     )
 
 

@@ -27,6 +27,10 @@ class TritonPythonModel:
         watch = monitoring.load_config(config)  # traffic metrics for tritonfleet monitor (tritonfleet_monitoring.py)
         self.metrics = monitoring.PipelineMetrics(pb_utils, watch, ("stage", "fusion", "request")) if watch else None
 
+    def finalize(self):
+        if self.metrics is not None:
+            self.metrics.close()  # hands Triton the counts added since the last flush
+
     def execute(self, requests):
         responses = []
         for request in requests:

@@ -30,6 +30,10 @@ class TritonPythonModel:
         self.metrics = monitoring.PipelineMetrics(pb_utils, watch, ("fusion", "member")) if watch else None
         self.watched = watch["inputs"] if watch else {}  # pipeline input -> the fusion input carrying it
 
+    def finalize(self):
+        if self.metrics is not None:
+            self.metrics.close()  # hands Triton the counts added since the last flush
+
     def execute(self, requests):
         failed = [serving.member_error(r, self.handed_on) for r in requests] if self.handed_on else []
         if any(failed):

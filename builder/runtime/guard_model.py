@@ -27,6 +27,10 @@ class TritonPythonModel:
         watch = monitoring.load_config(config)  # counts refused requests: tritonfleet_request_errors_total{reason="input"}
         self.metrics = monitoring.PipelineMetrics(pb_utils, watch, ("input",), answers=False) if watch else None
 
+    def finalize(self):
+        if self.metrics is not None:
+            self.metrics.close()  # hands Triton the counts added since the last flush
+
     def execute(self, requests):
         responses = []
         for request in requests:

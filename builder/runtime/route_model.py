@@ -37,6 +37,10 @@ class TritonPythonModel:
         watch = monitoring.load_config(config)  # traffic metrics for tritonfleet monitor (tritonfleet_monitoring.py)
         self.traffic = monitoring.PipelineMetrics(pb_utils, watch, ("stage", "request")) if watch else None
 
+    def finalize(self):
+        if self.traffic is not None:
+            self.traffic.close()  # hands Triton the counts added since the last flush
+
     async def execute(self, requests):
         return list(await asyncio.gather(*(self._handle(r) for r in requests)))
 

@@ -15,20 +15,29 @@ Per answered sample the pipeline model (fusion step, cascade, route) counts
 Bins come from the reference profile (``data.validation`` at build time): edges at the
 reference's deciles (``bins`` quantiles, rounded to 6 significant digits, duplicates dropped),
 bin ``i`` holding values in ``(edges[i-1], edges[i]]`` (bin 0: ``<= edges[0]``, the last:
-``> edges[-1]``; NaN goes to the last bin). Everything is counted with counters only (one
-metric call per distinct label set in a batch, never per sample): drift is computed from bin
-counts over a window, by ``tritonfleet monitor`` or by Prometheus (``--alert-rules``).
+``> edges[-1]``; NaN goes to the last bin). Everything is counted with counters only: drift is
+computed from bin counts over a window, by ``tritonfleet monitor`` or by Prometheus
+(``--alert-rules``).
+
+Each ``Metric.increment`` of the Python backend is a round trip from the stub to the server
+(costlier than the fusion math of a request: ``bench/monitoring_cost.py``), so counts are
+added up in the model's memory and handed to Triton by a background thread every ``flush_s``
+seconds (config key, default 0.5 s; one call per series that changed), and once more when the
+model unloads. The exported counters therefore trail the traffic by at most ``flush_s``;
+``flush_s: 0`` increments at once (one call per distinct label set in a batch, never per sample).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 
 import numpy as np
 
 STATS = ("mean", "std")
 DEFAULT_CONFIDENCE_EDGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # no reference profile
+DEFAULT_FLUSH_S = 0.5  # how long counts wait in the model before they reach Triton's metrics
 PREDICTION_LOG_ENV = "TRITONFLEET_PREDICTION_LOG"  # a folder: one JSON line per answered request
 
 # name -> (kind, description); one description per name, whatever model creates the family
@@ -172,10 +181,12 @@ def reference_profile(probabilities, inputs, argmaxes=None, bins=10):
     return profile
 
 
-def runtime_config(pipeline, classes, tensors, profile):
+def runtime_config(pipeline, classes, tensors, profile, flush_s=DEFAULT_FLUSH_S):
     """The JSON config parameter ``monitor`` of a pipeline model: its pipeline, class count, the
-    tensor holding each monitored pipeline input, and the reference profile (or None)."""
-    return {"pipeline": pipeline, "classes": classes, "inputs": dict(tensors), "profile": profile}
+    tensor holding each monitored pipeline input, the reference profile (or None) and how often
+    counts are handed to Triton."""
+    return {"pipeline": pipeline, "classes": classes, "inputs": dict(tensors), "profile": profile,
+            "flush_s": flush_s}
 
 
 # --------------------------------------------------------------------------- the metrics
@@ -185,7 +196,9 @@ class PipelineMetrics:
     ``api`` is ``triton_python_backend_utils`` (anything with its ``MetricFamily``), ``config``
     the ``monitor`` parameter. Every series is created here, at load time, so each exists (at 0)
     before its first increment and Prometheus' ``increase()`` sees that one too. ``reasons``: the
-    error reasons this model counts. ``answers=False`` (the input guard): errors only.
+    error reasons this model counts. ``answers=False`` (the input guard): errors only. Counts reach
+    Triton every ``flush_s`` seconds from a background thread (see the module docstring);
+    :meth:`close` (the model's ``finalize``) hands over the rest and stops it.
     """
 
     def __init__(self, api, config, reasons=(), answers=True):
@@ -195,12 +208,23 @@ class PipelineMetrics:
         self._families = {}
         self._log = None
         self._warned = False
+        self._flush_s = float(config.get("flush_s", DEFAULT_FLUSH_S))
+        self._pending = {}  # id(metric) -> [metric, count not yet handed to Triton]
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        self._last = None  # handed over last in a flush: the requests counter, so that a scrape showing
+        # N requests also shows every count of those N requests
+        if self._flush_s > 0:
+            self._thread = threading.Thread(target=self._flush_loop, name=f"tritonfleet-metrics-{self.pipeline}",
+                                            daemon=True)
+            self._thread.start()
         base = {"pipeline": self.pipeline}
         self.errors = {r: self._metric("tritonfleet_request_errors_total", base, reason=r) for r in reasons}
         self.answers = answers
         if not answers:
             return
-        self.requests = self._metric("tritonfleet_requests_total", base)
+        self.requests = self._last = self._metric("tritonfleet_requests_total", base)
         self.compared = self._metric("tritonfleet_compared_total", base)
         self.disagreed = self._metric("tritonfleet_disagreement_total", base)
         classes = int(config.get("classes") or 0)
@@ -239,7 +263,7 @@ class PipelineMetrics:
         """Count ``count`` requests answered with an error for ``reason``."""
         metric = self.errors.get(reason)
         if metric is not None and count:
-            self._guarded(metric.increment, count)
+            self._add(metric, count)
 
     def answered(self, probabilities, inputs, argmaxes=None, requests=1, ids=None, sizes=None):
         """Count ``requests`` answered requests holding these samples (one batch). ``inputs``
@@ -263,16 +287,16 @@ class PipelineMetrics:
 
     def _answered(self, probabilities, inputs, argmaxes, requests, ids, sizes):
         inputs, argmaxes = _value(inputs), _value(argmaxes)
-        self.requests.increment(requests)
         inc = increments(self.config, probabilities, inputs, argmaxes)
-        _add(self.predictions, inc["predictions"])
-        _add(self.confidence, inc["confidence"])
+        self._add(self.requests, requests)
+        self._add_counts(self.predictions, inc["predictions"])
+        self._add_counts(self.confidence, inc["confidence"])
         for key, counts in inc["inputs"].items():
-            _add(self.inputs[key], counts)
+            self._add_counts(self.inputs[key], counts)
         if inc["compared"]:
-            self.compared.increment(inc["compared"])
+            self._add(self.compared, inc["compared"])
         if inc["disagreed"]:
-            self.disagreed.increment(inc["disagreed"])
+            self._add(self.disagreed, inc["disagreed"])
         if self._log is not None:
             top = np.asarray(host(probabilities)).argmax(axis=1)
             sizes = sizes or [len(top)]
@@ -283,14 +307,43 @@ class PipelineMetrics:
                 start += size
 
 
+    def _add_counts(self, metrics, counts):
+        for index in np.flatnonzero(counts):
+            if index < len(metrics):
+                self._add(metrics[index], int(counts[index]))
+
+    def _add(self, metric, count):
+        if self._thread is None:
+            self._guarded(metric.increment, count)
+            return
+        with self._lock:
+            entry = self._pending.setdefault(id(metric), [metric, 0])
+            entry[1] += count
+
+    def flush(self):
+        """Hand every count added since the last flush to Triton (one call per changed series)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for metric, count in sorted(pending.values(), key=lambda entry: entry[0] is self._last):
+            self._guarded(metric.increment, count)
+
+    def _flush_loop(self):
+        while not self._stop.wait(self._flush_s):
+            self.flush()
+
+    def close(self):
+        """Stop the background thread and hand over what is left (the model's ``finalize``)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self.flush()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
 def _value(value):
     return value() if callable(value) else value
-
-
-def _add(metrics, counts):
-    for index in np.flatnonzero(counts):
-        if index < len(metrics):
-            metrics[index].increment(int(counts[index]))
 
 
 def load_config(model_config):

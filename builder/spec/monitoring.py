@@ -17,6 +17,9 @@ class MonitoringSpec(_Strict):
     # per-sample mean/std of every pipeline input; an ensemble then also hands its inputs to the
     # fusion step (one more copy of each input per request)
     inputs: bool = True
+    # seconds counts wait in the pipeline model before they reach Triton's metrics endpoint (each
+    # metric call is a stub-to-server round trip); 0: at once, on every request
+    flush_s: float = Field(default=0.5, ge=0, le=60)
 
 
 def publishes_metrics(spec) -> bool:
