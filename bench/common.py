@@ -306,6 +306,32 @@ def check_server_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("--url and --repository go together (the repository the running server serves)")
 
 
+def side_by_side_args(doc: str, argv, rounds: int, smoke_batch_sizes: str | None = "1",
+                      add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The options of a script that measures served sides in ABBA rounds at ``--concurrency``:
+    ``--url/--repository``, ``--batch-sizes``, ``--rounds``, ``--window``, ``--max-windows`` and
+    ``--smoke`` (2 rounds of 0.2 s windows, batch sizes ``smoke_batch_sizes`` unless None); ``add``
+    adds a script's own options."""
+    parser = bench_parser(doc)
+    add_server_args(parser)
+    parser.add_argument("--batch-sizes", default="1,8")
+    if add is not None:
+        add(parser)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=rounds, help="ABBA rounds; each measures every side once")
+    parser.add_argument("--window", type=float, default=2.0, help="seconds per measurement window (every side)")
+    parser.add_argument("--max-windows", type=int, default=8)
+    parser.add_argument("--smoke", action="store_true", help="2 rounds of 0.2 s windows (checks the script, not speed)")
+    args = parser.parse_args(argv)
+    check_server_args(parser, args)
+    if args.smoke:
+        args.rounds, args.window, args.max_windows = 2, 0.2, 4
+        args.batch_sizes = smoke_batch_sizes or args.batch_sizes
+    if args.rounds < 2 or args.concurrency < 1 or args.window <= 0 or args.max_windows < 3:
+        parser.error("--rounds >= 2, --concurrency >= 1, --window > 0 and --max-windows >= 3")
+    return args
+
+
 class serving:
     """``with serving(repository, url) as url:`` the running server at ``url``, or a local
     tritonserver started on ``repository`` (and stopped on exit)."""

@@ -33,9 +33,6 @@ from asyncio_sides import CLIENT_SIDE, measure_side
 
 from common import (
     Sample,
-    add_server_args,
-    bench_parser,
-    check_server_args,
     example_repository,
     fmt_ratio,
     fusion_step,
@@ -47,6 +44,7 @@ from common import (
     publish,
     run_abba,
     serving,
+    side_by_side_args,
     today,
 )
 
@@ -57,22 +55,8 @@ MAX_DIFF = 1e-5
 
 
 def parse(argv):
-    parser = bench_parser(__doc__)
-    add_server_args(parser)
-    parser.add_argument("--batch-sizes", default="1,8", help="compiled vs ensemble at these batch sizes")
-    parser.add_argument("--client-batch-sizes", default="1", help="compiled vs client-side fusion at these")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=6, help="ABBA rounds; each measures both sides once")
-    parser.add_argument("--window", type=float, default=2.0, help="seconds per measurement window (both sides)")
-    parser.add_argument("--max-windows", type=int, default=8)
-    parser.add_argument("--smoke", action="store_true", help="2 rounds of 0.2 s windows (checks the script, not speed)")
-    args = parser.parse_args(argv)
-    check_server_args(parser, args)
-    if args.smoke:
-        args.rounds, args.window, args.max_windows = 2, 0.2, 4
-    if args.rounds < 2 or args.concurrency < 1 or args.window <= 0 or args.max_windows < 3:
-        parser.error("--rounds >= 2, --concurrency >= 1, --window > 0 and --max-windows >= 3")
-    return args
+    return side_by_side_args(__doc__, argv, rounds=6, smoke_batch_sizes=None, add=lambda parser: parser.add_argument(
+        "--client-batch-sizes", default="1", help="compiled vs client-side fusion at these"))
 
 
 # --------------------------------------------------------------------------- the output check

@@ -27,9 +27,6 @@ from common import (
     ROOT,
     SPEC_DIR,
     Sample,
-    add_server_args,
-    bench_parser,
-    check_server_args,
     fmt_ratio,
     goal_verdict,
     headline,
@@ -39,6 +36,7 @@ from common import (
     publish,
     run_abba,
     serving,
+    side_by_side_args,
     today,
 )
 
@@ -49,21 +47,7 @@ BASE = "digits_unmonitored"
 
 
 def parse(argv):
-    parser = bench_parser(__doc__)
-    add_server_args(parser)
-    parser.add_argument("--batch-sizes", default="1,8")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=4, help="ABBA rounds; each measures every side once")
-    parser.add_argument("--window", type=float, default=2.0, help="seconds per measurement window")
-    parser.add_argument("--max-windows", type=int, default=8)
-    parser.add_argument("--smoke", action="store_true", help="batch 1, 2 rounds of 0.2 s windows")
-    args = parser.parse_args(argv)
-    check_server_args(parser, args)
-    if args.smoke:
-        args.batch_sizes, args.rounds, args.window, args.max_windows = "1", 2, 0.2, 4
-    if args.rounds < 2 or args.concurrency < 1 or args.window <= 0 or args.max_windows < 3:
-        parser.error("--rounds >= 2, --concurrency >= 1, --window > 0 and --max-windows >= 3")
-    return args
+    return side_by_side_args(__doc__, argv, rounds=4)
 
 
 def build_sides(output: Path | None, smoke: bool = False) -> Path:
