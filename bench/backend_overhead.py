@@ -36,6 +36,7 @@ from common import (
     labelled,
     machine,
     markdown_table,
+    median_text,
     publish,
     run_abba,
     timed_windows,
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 verdicts.setdefault(model, []).append((b, ratio, judged))
                 raw.append({"model": model, "batch": b, "ratio": ratio, "verdict": judged,
                             "requests_per_execution": grouped, "rounds": run.to_dict()})
-                rows.append([model, b, _num(run.values("in_process")), _num(run.values("served")),
+                rows.append([model, b, median_text(run.values("in_process")), median_text(run.values("served")),
                              f"{max(grouped):.2f}" if all(np.isfinite(grouped)) else "-", fmt_ratio(ratio),
                              run.kept_text(), judged])
             del session
@@ -169,9 +170,6 @@ def _summary(found) -> str:
         return "met at every batch"
     return f"met at batch {', '.join(met)}; missed elsewhere" if met else "missed at every batch"
 
-
-def _num(values) -> str:
-    return f"{np.median(values):,.0f}" if values else "-"
 
 
 if __name__ == "__main__":

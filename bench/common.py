@@ -306,6 +306,12 @@ def check_server_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("--url and --repository go together (the repository the running server serves)")
 
 
+def median_text(values) -> str:
+    """``1,234``: the median of the values that are not None, rounded; ``-`` when there is none."""
+    values = [v for v in values if v is not None]
+    return f"{statistics.median(values):,.0f}" if values else "-"
+
+
 def side_by_side_args(doc: str, argv, rounds: int, smoke_batch_sizes: str | None = "1",
                       add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """The options of a script that measures served sides in ABBA rounds at ``--concurrency``:

@@ -41,6 +41,7 @@ from common import (
     labelled,
     machine,
     markdown_table,
+    median_text,
     publish,
     run_abba,
     serving,
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             found.append((other, b, ratio, goal, judged))
             raw["comparisons"].append({"versus": other, "batch": b, "concurrency": args.concurrency, "ratio": ratio,
                                        "goal": goal, "verdict": judged, "rounds": run.to_dict()})
-            rows.append([label, how, b, args.concurrency, _num(run.values("compiled")), _num(run.values(other)),
+            rows.append([label, how, b, args.concurrency, median_text(run.values("compiled")), median_text(run.values(other)),
                          fmt_ratio(ratio, suffix="x"), run.kept_text(), f">= {goal:g}x: {judged}" if goal else "-"])
     table = markdown_table(["compiled vs", "client", "batch", "concurrency", f"`{COMPILED}` infer/s", "other infer/s",
                             "compiled ÷ other, median [min–max], n", "rounds kept", "goal"], rows)
@@ -150,9 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     publish(__file__, text, raw, args, argv, "compiled_vs_ensemble", "Compiled pipeline vs ensemble", headlines)
     return 0 if outputs["verdict"] == "met" else 1
 
-
-def _num(values) -> str:
-    return f"{np.median(values):,.0f}" if values else "-"
 
 
 if __name__ == "__main__":

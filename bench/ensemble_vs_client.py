@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 from asyncio_sides import CLIENT_SIDE, max_difference, measure_side
 
 from common import (
@@ -29,6 +28,7 @@ from common import (
     labelled,
     machine,
     markdown_table,
+    median_text,
     publish,
     run_abba,
     serving,
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             judged = goal_verdict(ratio, GOAL)
             found.append((b, ratio, judged))
             raw.append({"batch": b, "max_abs_diff": diff, "ratio": ratio, "verdict": judged, "rounds": run.to_dict()})
-            rows.append([b, args.concurrency, _num(run.values("ensemble")), _num(run.values(CLIENT_SIDE)),
+            rows.append([b, args.concurrency, median_text(run.values("ensemble")), median_text(run.values(CLIENT_SIDE)),
                          fmt_ratio(ratio, suffix="x"), run.kept_text(), judged])
     table = markdown_table(["batch", "concurrency", "server-side ensemble infer/s", "client-side fusion infer/s",
                             "ensemble ÷ client-side, median [min–max], n", "rounds kept", f"goal >= {GOAL}x"], rows)
@@ -85,9 +85,6 @@ def main(argv: list[str] | None = None) -> int:
             headlines)
     return 0
 
-
-def _num(values) -> str:
-    return f"{np.median(values):,.0f}" if values else "-"
 
 
 if __name__ == "__main__":
