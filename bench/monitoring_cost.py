@@ -12,9 +12,10 @@ changed series on every request, each a stub-to-server round trip), ``digits_mon
 gets no copy of the inputs) and ``digits_unmonitored`` (``monitoring: {enabled: false}``).
 Throughput at ``--concurrency`` through the load generator in ABBA rounds (every round measures
 every side; a round in which one side never met perf_analyzer's stability rule is excluded for
-all), per batch size; the ratios are monitored ÷ unmonitored, and ``digits`` ÷ ``digits_immediate``
-(what handing counts over every ``flush_s`` saves), median of the kept rounds with their range. The fusion step's compute time per
-request comes from Triton's statistics of the same runs.
+all), per batch size; the ratios are monitored ÷ unmonitored, and ``digits`` ÷
+``digits_immediate`` (what handing counts over every ``flush_s`` saves), median of the kept
+rounds with their range. The fusion step's compute time per request comes from Triton's
+statistics of the same runs.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from common import (
     labelled,
     machine,
     markdown_table,
+    median_text,
     publish,
     run_abba,
     serving,
@@ -100,12 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             fusion_us = {s: _median([run.rounds[i][s].extra["fusion_compute_us"] for i in run.kept()]) for s in SIDES}
             raw.append({"batch": b, "ratios": ratios, "fusion_compute_us": fusion_us, "rounds": run.to_dict()})
             found.append((b, ratios))
-            rows.append([b, *(_num(run.values(s)) for s in SIDES), *(fmt_ratio(ratios[s], suffix="x") for s in ratios),
-                         *(_num([fusion_us[s]]) for s in SIDES), run.kept_text()])
+            rows.append([b, *(median_text(run.values(s)) for s in SIDES), *(fmt_ratio(ratios[s], suffix="x") for s in ratios),
+                         *(median_text([fusion_us[s]]) for s in SIDES), run.kept_text()])
     header = ["batch", *(f"`{s}` infer/s" for s in SIDES), *(f"`{s}` ÷ unmonitored" for s in SIDES if s != BASE),
               "`digits` ÷ `digits_immediate`",
               *(f"`{s}` fusion step µs/request" for s in SIDES), "rounds kept"]
-    text = (f"{machine()}; local target, the three ensembles share their member models; concurrency "
+    text = (f"{machine()}; local target, the four ensembles share their member models; concurrency "
             f"{args.concurrency}, load generator, {args.rounds} ABBA rounds, {args.window:g} s windows until stable "
             f"(at most {args.max_windows}); {today()}\n\n{markdown_table(header, rows)}\n\n"
             "Infer/s and fusion-step times are medians of the kept rounds; a round in which any side never met the "
@@ -125,10 +127,6 @@ def _median(values) -> float | None:
     values = [v for v in values if v is not None]
     return float(np.median(values)) if values else None
 
-
-def _num(values) -> str:
-    values = [v for v in values if v is not None]
-    return f"{np.median(values):,.0f}" if values else "-"
 
 
 if __name__ == "__main__":
